@@ -1,0 +1,156 @@
+//! Running futures on the current thread (`Block`), and time: `sleep`, `timeout`.
+
+use crate::{reactor::TimerSlot, runtime};
+use std::{
+    future::Future,
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll, Wake, Waker},
+    thread::{self, Thread},
+    time::{Duration, Instant},
+};
+
+struct ThreadWaker {
+    thread: Thread,
+    notified: AtomicBool,
+}
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.notified.swap(true, Ordering::Release) {
+            self.thread.unpark();
+        }
+    }
+}
+
+/// Runs a future to completion on the current thread.
+///
+/// Implemented for every future: `spawn(..).block()`, `sender.send(v).block()`,
+/// `receiver.recv().block()`.
+///
+/// # Examples
+/// ```
+/// use constellation::Block;
+/// assert_eq!(async { 6 * 7 }.block(), 42);
+/// ```
+pub trait Block: Future {
+    /// Polls the future on this thread, parking it while the future waits.
+    fn block(self) -> Self::Output
+    where
+        Self: Sized,
+    {
+        let waker_state = Arc::new(ThreadWaker { thread: thread::current(), notified: AtomicBool::new(false) });
+        let waker = Waker::from(waker_state.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut future = pin!(self);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            // Whatever was queued goes out before this thread sleeps.
+            runtime::flush_queued();
+            while !waker_state.notified.swap(false, Ordering::Acquire) {
+                thread::park();
+            }
+        }
+    }
+}
+
+impl<F: Future> Block for F {}
+
+/// A future that completes after a duration. See [`sleep`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Sleep {
+    deadline: Instant,
+    slot: Option<Arc<TimerSlot>>,
+}
+
+/// Waits for `duration`, without blocking the thread when used in an async context.
+///
+/// # Panics
+/// If [`init`](crate::init) has not been called.
+pub fn sleep(duration: Duration) -> Sleep {
+    runtime::get();
+    Sleep { deadline: Instant::now() + duration, slot: None }
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            return Poll::Ready(());
+        }
+        match &self.slot {
+            Some(slot) => {
+                *slot.waker.lock() = Some(cx.waker().clone());
+                if slot.fired.load(Ordering::Acquire) {
+                    return Poll::Ready(());
+                }
+            }
+            None => {
+                let slot = Arc::new(TimerSlot::default());
+                *slot.waker.lock() = Some(cx.waker().clone());
+                runtime::add_timer(self.deadline, slot.clone());
+                self.slot = Some(slot);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The error of a [`timeout`] whose time ran out first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed;
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the time ran out before the future completed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+/// A future that completes with its inner future's output, or with [`Elapsed`]
+/// once `duration` has passed. See [`timeout`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Timeout<F> {
+    future: Pin<Box<F>>,
+    sleep: Sleep,
+}
+
+/// Runs `future` for at most `duration`.
+///
+/// # Examples
+/// ```no_run
+/// use constellation::*;
+/// use std::time::Duration;
+/// # fn main() {
+/// init(Resources::default());
+/// let never = futures::future::pending::<()>();
+/// assert_eq!(timeout(Duration::from_millis(10), never).block(), Err(Elapsed));
+/// # }
+/// ```
+pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
+    Timeout { future: Box::pin(future), sleep: sleep(duration) }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(output) = self.future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        match Pin::new(&mut self.sleep).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

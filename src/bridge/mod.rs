@@ -1,0 +1,488 @@
+//! The bridge: one per job. It starts the job's processes (the embedded
+//! one-machine scheduler), prints their output, allocates their `Pid`s, tells
+//! processes when the peers they watch end, and exits with the top process's exit
+//! code once every process of the job has ended.
+//!
+//! It is a single-threaded event loop over one connection per monitor (output and
+//! exit reports) and one per process (requests), plus a thread that forwards the
+//! bridge's stdin to the top process. SIGINT, SIGTERM and SIGHUP stop the job:
+//! every monitor is killed, and each process dies with its monitor.
+
+mod output;
+
+use crate::{
+    codec,
+    proto::{Environment, Reply, Report, Request, Start, FDS_VAR, KIND_MESSAGE},
+    sys::{self, OsPid},
+    ExitStatus, Pid, Resources, SpawnError,
+};
+use mio::{net::UnixStream, Events, Interest, Poll, Token};
+use output::Printer;
+use slab::Slab;
+use std::{
+    collections::HashMap,
+    ffi::OsStr,
+    io::{self, Read, Write},
+    net::{Ipv4Addr, TcpListener},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, process::CommandExt},
+    },
+    process::{Command, Stdio},
+};
+
+const SIGNAL_CHILD: Token = Token(usize::MAX - 1);
+/// The signals that stop the job; each has a pipe and the token `usize::MAX - 2 - index`.
+const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// What the top-level `init` hands the bridge.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    pub(crate) top: Pid,
+    pub(crate) top_monitor: OsPid,
+    pub(crate) resources: Resources,
+    pub(crate) token: u64,
+    pub(crate) json: bool,
+    pub(crate) monitor: std::os::unix::net::UnixStream,
+    pub(crate) control: std::os::unix::net::UnixStream,
+    pub(crate) stdin: OwnedFd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Monitor,
+    Control,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    pid: Pid,
+    role: Role,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Proc {
+    monitor_os_pid: OsPid,
+    resources: Resources,
+    status: Option<ExitStatus>,
+    monitor: Option<usize>,
+    control: Option<usize>,
+    watchers: Vec<Pid>,
+}
+
+struct Bridge {
+    poll: Poll,
+    conns: Slab<Conn>,
+    procs: HashMap<Pid, Proc>,
+    by_os_pid: HashMap<i32, Pid>,
+    live: usize,
+    next_incarnation: u64,
+    token: u64,
+    top: Pid,
+    job_group: OsPid,
+    printer: Printer,
+    reserved: u64,
+    physical: u64,
+    warned: bool,
+    stop_signals: Vec<UnixStream>,
+    child_signals: UnixStream,
+    stop: Option<i32>,
+}
+
+/// Runs the bridge until the job has ended; exits the process with the job's code.
+pub(crate) fn run(setup: Setup) -> ! {
+    let code = match Bridge::new(setup) {
+        Ok(mut bridge) => bridge.run(),
+        Err(error) => {
+            let _ = sys::write_all(2, format!("constellation: the bridge could not start: {error}\n").as_bytes());
+            1
+        }
+    };
+    sys::exit_now(code)
+}
+
+/// A pipe the handler of `signal` writes a byte to.
+fn signal_pipe(signal: i32) -> io::Result<UnixStream> {
+    let (read, write) = std::os::unix::net::UnixStream::pair()?;
+    read.set_nonblocking(true)?;
+    write.set_nonblocking(true)?;
+    signal_hook::low_level::pipe::register(signal, write)?;
+    Ok(UnixStream::from_std(read))
+}
+
+impl Bridge {
+    fn new(setup: Setup) -> io::Result<Bridge> {
+        let poll = Poll::new()?;
+        let mut stop_signals = Vec::new();
+        for (index, signal) in STOP_SIGNALS.into_iter().enumerate() {
+            let mut pipe = signal_pipe(signal)?;
+            poll.registry().register(&mut pipe, Token(usize::MAX - 2 - index), Interest::READABLE)?;
+            stop_signals.push(pipe);
+        }
+        let mut child_signals = signal_pipe(libc::SIGCHLD)?;
+        poll.registry().register(&mut child_signals, SIGNAL_CHILD, Interest::READABLE)?;
+        let mut bridge = Bridge {
+            poll,
+            conns: Slab::new(),
+            procs: HashMap::new(),
+            by_os_pid: HashMap::new(),
+            live: 0,
+            next_incarnation: 2,
+            token: setup.token,
+            top: setup.top,
+            job_group: setup.top_monitor,
+            printer: Printer::new(setup.json),
+            reserved: 0,
+            physical: sys::physical_memory(),
+            warned: false,
+            stop_signals,
+            child_signals,
+            stop: None,
+        };
+        bridge.printer.top(setup.top);
+        bridge.add_process(setup.top, setup.top_monitor, setup.resources, setup.monitor, setup.control)?;
+        forward_stdin(setup.stdin);
+        Ok(bridge)
+    }
+
+    fn run(&mut self) -> i32 {
+        let mut events = Events::with_capacity(256);
+        // A SIGCHLD may have come before the handler was installed.
+        self.reap();
+        while self.live > 0 {
+            if let Err(error) = self.poll.poll(&mut events, None) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.printer.warning(&format!("the bridge's event loop failed: {error}"));
+                self.stop_job();
+                return 1;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    Token(key) if key >= usize::MAX - 2 - (STOP_SIGNALS.len() - 1) && key <= usize::MAX - 2 => {
+                        let index = usize::MAX - 2 - key;
+                        drain_signals(&mut self.stop_signals[index]);
+                        self.stop = Some(STOP_SIGNALS[index]);
+                    }
+                    SIGNAL_CHILD => {
+                        drain_signals(&mut self.child_signals);
+                        self.reap();
+                    }
+                    Token(key) => {
+                        if event.is_writable() {
+                            self.flush(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(key);
+                        }
+                    }
+                }
+            }
+            if let Some(signal) = self.stop {
+                self.stop_job();
+                return 128 + signal;
+            }
+        }
+        self.procs.get(&self.top).and_then(|p| p.status.as_ref()).map_or(1, ExitStatus::code)
+    }
+
+    /// Kills every process of the job: each monitor, and the job's process group.
+    fn stop_job(&mut self) {
+        for process in self.procs.values().filter(|p| p.status.is_none()) {
+            let _ = sys::kill(process.monitor_os_pid, libc::SIGKILL);
+        }
+        let _ = sys::kill_group(self.job_group, libc::SIGKILL);
+    }
+
+    fn add_process(
+        &mut self,
+        pid: Pid,
+        monitor_os_pid: OsPid,
+        resources: Resources,
+        monitor: std::os::unix::net::UnixStream,
+        control: std::os::unix::net::UnixStream,
+    ) -> io::Result<()> {
+        let monitor = self.add_conn(monitor, pid, Role::Monitor)?;
+        let control = self.add_conn(control, pid, Role::Control)?;
+        self.procs.insert(
+            pid,
+            Proc {
+                monitor_os_pid,
+                resources,
+                status: None,
+                monitor: Some(monitor),
+                control: Some(control),
+                watchers: Vec::new(),
+            },
+        );
+        self.by_os_pid.insert(monitor_os_pid.0, pid);
+        self.live += 1;
+        self.reserved += resources.mem.bytes();
+        Ok(())
+    }
+
+    fn add_conn(&mut self, stream: std::os::unix::net::UnixStream, pid: Pid, role: Role) -> io::Result<usize> {
+        stream.set_nonblocking(true)?;
+        let mut stream = UnixStream::from_std(stream);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(Conn { stream, pid, role, rbuf: Vec::new(), wbuf: Vec::new() });
+        Ok(key)
+    }
+
+    fn close_conn(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(process) = self.procs.get_mut(&conn.pid) {
+            match conn.role {
+                Role::Monitor => process.monitor = None,
+                Role::Control => process.control = None,
+            }
+        }
+    }
+
+    fn read(&mut self, key: usize) {
+        let mut chunk = [0u8; 64 * 1024];
+        let mut closed = false;
+        {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            loop {
+                match conn.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => conn.rbuf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let mut pos = 0;
+        loop {
+            let Some(conn) = self.conns.get(key) else { return };
+            let (pid, role) = (conn.pid, conn.role);
+            let frame = match codec::next_frame(&conn.rbuf[pos..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    self.printer.warning(&format!("dropping the connection of {pid}, which sent a corrupt frame: {error}"));
+                    closed = true;
+                    break;
+                }
+            };
+            let payload = &conn.rbuf[pos..][frame.payload.clone()];
+            pos += frame.len;
+            match role {
+                Role::Monitor => match codec::decode::<Report>(payload) {
+                    Ok(report) => self.on_report(pid, report),
+                    Err(error) => self.printer.warning(&format!("a corrupt report from the monitor of {pid}: {error}")),
+                },
+                Role::Control => match codec::decode::<Request>(payload) {
+                    Ok(request) => self.on_request(pid, key, request),
+                    Err(error) => self.printer.warning(&format!("a corrupt request from {pid}: {error}")),
+                },
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.rbuf.drain(..pos);
+        }
+        if closed {
+            self.close_conn(key);
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        while !conn.wbuf.is_empty() {
+            match conn.stream.write(&conn.wbuf) {
+                Ok(n) => drop(conn.wbuf.drain(..n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // The process is gone; its monitor will report how.
+                    conn.wbuf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, key: usize, reply: &Reply) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if let Err(error) = codec::append_frame(&mut conn.wbuf, KIND_MESSAGE, reply) {
+            self.printer.warning(&format!("encoding a reply: {error}"));
+            return;
+        }
+        self.flush(key);
+    }
+
+    fn on_report(&mut self, pid: Pid, report: Report) {
+        match report {
+            Report::Output { fd, data } => self.printer.output(pid, fd, &data),
+            Report::Exited { status } => self.on_exit(pid, status),
+        }
+    }
+
+    fn on_request(&mut self, pid: Pid, key: usize, request: Request) {
+        match request {
+            Request::Spawn { id, resources, try_only, entry, arg, env } => {
+                let result = self.spawn(pid, resources, try_only, entry, arg, &env);
+                self.reply(key, &Reply::Spawned { id, result });
+            }
+            Request::Watch { pid: watched } => match self.procs.get_mut(&watched) {
+                Some(process) if process.status.is_none() => process.watchers.push(pid),
+                _ => self.reply(key, &Reply::Ended { pid: watched }),
+            },
+        }
+    }
+
+    /// Process `pid` has ended: show it, free what it reserved, tell its watchers.
+    fn on_exit(&mut self, pid: Pid, status: ExitStatus) {
+        let Some(process) = self.procs.get_mut(&pid) else { return };
+        if process.status.is_some() {
+            return;
+        }
+        self.printer.exited(pid, &status);
+        process.status = Some(status);
+        self.live -= 1;
+        self.reserved -= process.resources.mem.bytes();
+        let watchers = std::mem::take(&mut process.watchers);
+        for watcher in watchers {
+            if let Some(key) = self.procs.get(&watcher).and_then(|w| w.control) {
+                self.reply(key, &Reply::Ended { pid });
+            }
+        }
+    }
+
+    /// Reaps ended monitors. A monitor that died without reporting (killed) takes
+    /// its process with it.
+    fn reap(&mut self) {
+        while let Some((os_pid, wait)) = sys::reap_any() {
+            let Some(pid) = self.by_os_pid.remove(&os_pid.0) else { continue };
+            // Its last report may still be unread.
+            if let Some(key) = self.procs.get(&pid).and_then(|p| p.monitor) {
+                self.read(key);
+            }
+            if self.procs.get(&pid).is_some_and(|p| p.status.is_none()) {
+                let status = match wait {
+                    Some(sys::WaitStatus::Signaled(signal)) => ExitStatus::Signal(signal),
+                    _ => ExitStatus::Signal(libc::SIGKILL),
+                };
+                self.on_exit(pid, status);
+            }
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        parent: Pid,
+        resources: Resources,
+        try_only: bool,
+        entry: isize,
+        arg: Vec<u8>,
+        env: &Environment,
+    ) -> Result<Pid, SpawnError> {
+        let wanted = self.reserved + resources.mem.bytes();
+        if wanted > self.physical {
+            if try_only {
+                return Err(SpawnError::NoCapacity);
+            }
+            if !self.warned {
+                self.warned = true;
+                self.printer.warning(&format!(
+                    "the job's processes now reserve {}, more than this machine's {} of memory; spawn goes ahead, try_spawn refuses",
+                    crate::Mem::from_bytes(wanted),
+                    crate::Mem::from_bytes(self.physical)
+                ));
+            }
+        }
+        let failed = |what: &str, error: io::Error| SpawnError::Failed(format!("{what}: {error}"));
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| failed("cannot bind a port on 127.0.0.1", e))?;
+        let addr = listener.local_addr().map_err(|e| failed("reading the new port", e))?;
+        let pid = Pid::new(addr, self.next_incarnation);
+        self.next_incarnation += 1;
+        let (monitor_bridge, monitor_end) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
+        let (control_bridge, control_end) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
+        let start = Start {
+            pid,
+            parent: Some(parent),
+            resources,
+            token: self.token,
+            bridge_os_pid: sys::getpid().0,
+            closure: Some((entry, arg)),
+        };
+        let start = codec::encode(&start).map_err(|e| SpawnError::Failed(e.to_string()))?;
+        let start = sys::memfd_with(&start).map_err(|e| failed("making the spawn argument file", e))?;
+        let fds = [monitor_end.as_raw_fd(), control_end.as_raw_fd(), listener.as_raw_fd(), start.as_raw_fd()];
+
+        let mut command = Command::new("/proc/self/exe");
+        let mut args = env.args.iter().map(|a| OsStr::from_bytes(a));
+        if let Some(arg0) = args.next() {
+            command.arg0(arg0);
+        }
+        command.args(args).env_clear();
+        for (key, value) in &env.vars {
+            if !key.starts_with(b"CONSTELLATION_") || key == b"CONSTELLATION_LOG" {
+                command.env(OsStr::from_bytes(key), OsStr::from_bytes(value));
+            }
+        }
+        command.env(FDS_VAR, format!("{},{},{},{}", fds[0], fds[1], fds[2], fds[3]));
+        if !env.cwd.is_empty() {
+            command.current_dir(OsStr::from_bytes(&env.cwd));
+        }
+        command.stdin(Stdio::null()).process_group(self.job_group.0);
+        // SAFETY: the closure only calls fcntl, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || fds.iter().try_for_each(|&fd| sys::clear_cloexec(fd)));
+        }
+        let child = command.spawn().map_err(|e| failed("cannot start the process", e))?;
+        drop((monitor_end, control_end, listener, start));
+        let monitor_os_pid = OsPid(child.id() as i32);
+        if let Err(error) = self.add_process(pid, monitor_os_pid, resources, monitor_bridge, control_bridge) {
+            let _ = sys::kill(monitor_os_pid, libc::SIGKILL);
+            return Err(failed("watching the new process", error));
+        }
+        self.printer.spawned(parent, pid);
+        Ok(pid)
+    }
+}
+
+/// Reads away what the signal handler wrote.
+fn drain_signals(pipe: &mut UnixStream) {
+    let mut buf = [0u8; 64];
+    while matches!(pipe.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// Copies the bridge's stdin to the top process, on a thread of its own so a
+/// terminal is read with plain blocking reads.
+fn forward_stdin(stdin: OwnedFd) {
+    let _ = std::thread::Builder::new().name("constellation-stdin".into()).spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match sys::read(0, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sys::write_all(stdin.as_raw_fd(), &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}

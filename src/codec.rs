@@ -1,0 +1,123 @@
+//! The one place values are encoded and decoded (bincode 1.3), and the frame format.
+//!
+//! A frame is a little-endian `u32` length, then a kind byte, then the payload; the
+//! length counts the kind byte and the payload. Values serialise straight into the
+//! connection's buffer, without an intermediate copy.
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::fmt;
+
+/// The largest frame accepted from anyone; a longer length prefix is corrupt input.
+pub(crate) const MAX_FRAME: usize = 1 << 30;
+
+const HEADER: usize = 5;
+
+/// Input that is not a valid frame or value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CodecError(pub(crate) String);
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<bincode::Error> for CodecError {
+    fn from(error: bincode::Error) -> CodecError {
+        CodecError(error.to_string())
+    }
+}
+
+/// Encodes a value on its own.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::serialize(value)?)
+}
+
+/// Decodes a value encoded by [`encode`] or carried in a frame.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    Ok(bincode::deserialize(bytes)?)
+}
+
+/// Appends a frame of `kind` holding `value` to `buf`. On error `buf` is unchanged.
+pub(crate) fn append_frame<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    value: &T,
+) -> Result<(), CodecError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0, 0, 0, kind]);
+    if let Err(error) = bincode::serialize_into(&mut *buf, value) {
+        buf.truncate(start);
+        return Err(error.into());
+    }
+    let len = buf.len() - start - 4;
+    if len > MAX_FRAME {
+        buf.truncate(start);
+        return Err(CodecError(format!("a value of {len} bytes is larger than the largest frame ({MAX_FRAME} bytes)")));
+    }
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Appends a frame of `kind` whose payload is `payload` as it is.
+pub(crate) fn append_raw_frame(buf: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    buf.extend_from_slice(&((payload.len() + 1) as u32).to_le_bytes());
+    buf.push(kind);
+    buf.extend_from_slice(payload);
+}
+
+/// A complete frame found at the start of a buffer.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) kind: u8,
+    /// Where the payload lies in the buffer.
+    pub(crate) payload: std::ops::Range<usize>,
+    /// How many bytes the whole frame takes.
+    pub(crate) len: usize,
+}
+
+/// Finds the first frame in `buf`: `Ok(None)` when it is not complete yet.
+pub(crate) fn next_frame(buf: &[u8]) -> Result<Option<Frame>, CodecError> {
+    if buf.len() < HEADER {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(CodecError(format!("corrupt frame: length {len}")));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    Ok(Some(Frame { kind: buf[4], payload: HEADER..4 + len, len: 4 + len }))
+}
+
+/// How many bytes the frame that starts `buf` needs in all, once its header is there.
+pub(crate) fn frame_len(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= 4).then(|| 4 + u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        append_frame(&mut buf, 7, &(1u64, "two".to_string())).unwrap();
+        append_raw_frame(&mut buf, 9, b"raw");
+        let first = next_frame(&buf).unwrap().unwrap();
+        assert_eq!(first.kind, 7);
+        let value: (u64, String) = decode(&buf[first.payload.clone()]).unwrap();
+        assert_eq!(value, (1, "two".to_string()));
+        let rest = &buf[first.len..];
+        let second = next_frame(rest).unwrap().unwrap();
+        assert_eq!((second.kind, &rest[second.payload.clone()]), (9, &b"raw"[..]));
+        assert!(next_frame(&rest[..3]).unwrap().is_none());
+    }
+
+    #[test]
+    fn corrupt_length_is_an_error() {
+        assert!(next_frame(&[0, 0, 0, 0, 1]).is_err());
+        assert!(next_frame(&[255, 255, 255, 255, 1]).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! The monitor: the parent of each user process. It forwards the process's output
+//! to the bridge, waits for it to end, and reports how it ended (with its panic
+//! message) after a bounded drain of the output pipes. It kills the process when
+//! the bridge is lost, and ignores SIGINT: stopping a job is the bridge's decision.
+
+use crate::{
+    codec,
+    proto::{Report, KIND_MESSAGE},
+    sys::{self, OsPid, WaitStatus},
+    ExitStatus, Resources,
+};
+use std::{
+    io::Write,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::net::UnixStream,
+    },
+    time::{Duration, Instant},
+};
+
+/// How long output is still read after the process ended (a grandchild may hold
+/// the pipes open).
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// What the monitor watches.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    pub(crate) child: OsPid,
+    pub(crate) bridge: UnixStream,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+    pub(crate) panic: OwnedFd,
+    pub(crate) resources: Resources,
+}
+
+struct Stream {
+    fd: OwnedFd,
+    /// 1 or 2 for output; 0 for the panic pipe.
+    number: u8,
+    open: bool,
+}
+
+/// Runs the monitor until its process has ended and been reported; never returns.
+pub(crate) fn run(setup: Setup) -> ! {
+    let Setup { child, mut bridge, stdout, stderr, panic, resources } = setup;
+    let pidfd = match sys::pidfd_open(child) {
+        Ok(fd) => fd,
+        Err(_) => {
+            let _ = sys::kill(child, libc::SIGKILL);
+            sys::exit_now(1)
+        }
+    };
+    let mut streams = [
+        Stream { fd: stdout, number: 1, open: true },
+        Stream { fd: stderr, number: 2, open: true },
+        Stream { fd: panic, number: 0, open: true },
+    ];
+    let mut panic_message = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ended: Option<(WaitStatus, Instant)> = None;
+    loop {
+        let timeout = match ended {
+            Some((_, at)) => {
+                let left = DRAIN.saturating_sub(at.elapsed());
+                if left.is_zero() || streams.iter().all(|s| !s.open) {
+                    break;
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        let mut fds: Vec<(i32, i16)> = streams.iter().map(|s| (if s.open { s.fd.as_raw_fd() } else { -1 }, libc::POLLIN)).collect();
+        fds.push((bridge.as_raw_fd(), libc::POLLIN));
+        fds.push((if ended.is_none() { pidfd.as_raw_fd() } else { -1 }, libc::POLLIN));
+        let ready = match sys::poll(&fds, timeout) {
+            Ok(ready) => ready,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        for (stream, revents) in streams.iter_mut().zip(&ready) {
+            if !stream.open || *revents == 0 {
+                continue;
+            }
+            match sys::read(stream.fd.as_raw_fd(), &mut buf) {
+                Ok(0) | Err(_) => {
+                    stream.open = false;
+                    if stream.number != 0 {
+                        send(&mut bridge, &Report::Output { fd: stream.number, data: Vec::new() }, child);
+                    }
+                }
+                Ok(n) if stream.number == 0 => panic_message.extend_from_slice(&buf[..n]),
+                Ok(n) => send(&mut bridge, &Report::Output { fd: stream.number, data: buf[..n].to_vec() }, child),
+            }
+        }
+        if ready[3] != 0 {
+            // The bridge sends nothing yet; readiness means it is gone.
+            bridge_lost(child);
+        }
+        if ready[4] != 0 && ended.is_none() {
+            if let Ok(Some(status)) = sys::waitpid(child, false) {
+                ended = Some((status, Instant::now()));
+            }
+        }
+    }
+    let (status, _) = ended.expect("the loop ends only after the process has");
+    let first_panic = panic_message.split(|&b| b == 0).next().filter(|m| !m.is_empty());
+    let status = exit_status(status, first_panic.map(|m| String::from_utf8_lossy(m).into_owned()), child, &resources);
+    sys::remove_cgroups(child);
+    send(&mut bridge, &Report::Exited { status }, child);
+    sys::exit_now(0)
+}
+
+fn exit_status(status: WaitStatus, panic: Option<String>, child: OsPid, resources: &Resources) -> ExitStatus {
+    match (status, panic) {
+        (WaitStatus::Exited(0), _) => ExitStatus::Success,
+        (WaitStatus::Exited(_) | WaitStatus::Signaled(_), Some(message)) => ExitStatus::Panicked(message),
+        (WaitStatus::Exited(code), None) => ExitStatus::Code(code),
+        (WaitStatus::Signaled(libc::SIGKILL), None) if sys::memory_exceeded(child) => {
+            ExitStatus::MemoryExceeded(resources.mem)
+        }
+        (WaitStatus::Signaled(signal), None) => ExitStatus::Signal(signal),
+    }
+}
+
+fn send(bridge: &mut UnixStream, report: &Report, child: OsPid) {
+    let mut frame = Vec::new();
+    if codec::append_frame(&mut frame, KIND_MESSAGE, report).is_err() || bridge.write_all(&frame).is_err() {
+        bridge_lost(child);
+    }
+}
+
+/// Without a bridge nobody can see the process: end it, so nothing outlives its job.
+fn bridge_lost(child: OsPid) -> ! {
+    let _ = sys::kill(child, libc::SIGKILL);
+    let _ = sys::waitpid(child, true);
+    sys::remove_cgroups(child);
+    sys::exit_now(1)
+}

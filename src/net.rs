@@ -1,0 +1,757 @@
+//! The connections of one process: the listening port, one duplex TCP connection
+//! per peer process (with its handshake), and the control connection to the bridge.
+//!
+//! All of it lives in one [`Net`] behind one lock, shared by the reactor thread
+//! (which handles readiness) and the user's threads (which read and write inline
+//! where they can, so a message costs no thread hop).
+//!
+//! # The peer protocol
+//! The side that connects sends `HELLO(from, to, token)` and waits. The other side
+//! answers `ACCEPT`, `REJECT` (keep the connection I opened to you instead: when two
+//! processes connect to each other at once, the one opened by the lower `Pid`
+//! wins) or `REFUSE(reason)` (wrong job or a stale `Pid`). After `ACCEPT`, frames
+//! flow both ways: `OPEN(type name)` when a `Sender` is made, `DATA(value)` per
+//! value and `CLOSE` when the `Sender` is dropped. End of file means the peer
+//! process has ended.
+
+use crate::{
+    codec::{self, CodecError},
+    proto::{Reply, Request, KIND_MESSAGE},
+    sys, Pid, SpawnError,
+};
+use mio::{
+    net::{TcpListener, TcpStream, UnixStream},
+    Interest, Registry, Token,
+};
+use slab::Slab;
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{self, Read, Write},
+    os::fd::AsRawFd,
+    task::Waker,
+};
+
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+pub(crate) const CONTROL: Token = Token(usize::MAX - 3);
+
+/// Bytes a `Sender` may have queued before `send` waits.
+pub(crate) const SEND_BOUND: usize = 1 << 20;
+/// Bytes received and not yet taken by `recv` before reading from the peer pauses.
+pub(crate) const RECV_BOUND: usize = 1 << 20;
+
+const FRAME_OPEN: u8 = 1;
+const FRAME_DATA: u8 = 2;
+const FRAME_CLOSE: u8 = 3;
+const FRAME_HELLO: u8 = 10;
+const FRAME_ACCEPT: u8 = 11;
+const FRAME_REJECT: u8 = 12;
+const FRAME_REFUSE: u8 = 13;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What a peer's `Sender` sent us, in order.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Open(String),
+    Data(Vec<u8>),
+    Close,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Phase {
+    /// Accepted; the peer's HELLO has not arrived yet.
+    AwaitHello,
+    /// We connected and sent HELLO; waiting for the answer.
+    AwaitReply(Pid),
+    /// Carrying frames for this peer.
+    Established(Pid),
+}
+
+#[derive(Debug)]
+struct Socket {
+    stream: TcpStream,
+    phase: Phase,
+    /// Received bytes: `rbuf[..filled]` holds the ones not yet handled.
+    rbuf: Vec<u8>,
+    filled: usize,
+    /// Handshake bytes, written before any of the peer's frames.
+    ctl_out: Vec<u8>,
+}
+
+/// Everything this process knows about one other process.
+#[derive(Debug, Default)]
+pub(crate) struct Peer {
+    sock: Option<usize>,
+    connecting: Option<usize>,
+    out: Vec<u8>,
+    out_pos: usize,
+    pub(crate) inbound: VecDeque<Inbound>,
+    pub(crate) inbound_bytes: usize,
+    read_paused: bool,
+    /// Our connection attempt was refused or the connection was reset or closed.
+    closed: bool,
+    /// The bridge says the process has ended.
+    ended: bool,
+    watched: bool,
+    dirty: bool,
+    pub(crate) has_sender: bool,
+    pub(crate) has_receiver: bool,
+    /// The peer's current `Sender` sends a type other than our `Receiver`'s.
+    pub(crate) mismatched: bool,
+    pub(crate) recv_waker: Option<Waker>,
+    pub(crate) send_waker: Option<Waker>,
+}
+
+impl Peer {
+    /// Whether the process is known to be gone and nothing more will arrive.
+    pub(crate) fn gone(&self) -> bool {
+        self.closed || (self.ended && self.sock.is_none() && self.connecting.is_none())
+    }
+
+    /// Bytes queued by our `Sender` and not yet written.
+    pub(crate) fn queued(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+}
+
+/// The answer to a spawn request, once it comes.
+#[derive(Debug, Default)]
+pub(crate) struct SpawnSlot {
+    pub(crate) result: Option<Result<Pid, SpawnError>>,
+    pub(crate) waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct Control {
+    stream: UnixStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    lost: bool,
+}
+
+/// The connection state of this process.
+#[derive(Debug)]
+pub(crate) struct Net {
+    me: Pid,
+    token: u64,
+    registry: Registry,
+    listener: TcpListener,
+    sockets: Slab<Socket>,
+    pub(crate) peers: HashMap<Pid, Peer>,
+    dirty: Vec<Pid>,
+    control: Control,
+    pub(crate) spawns: HashMap<u64, SpawnSlot>,
+    next_spawn_id: u64,
+    /// Wakers to call once the lock is released.
+    pub(crate) to_wake: Vec<Waker>,
+}
+
+fn would_block(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Net {
+    pub(crate) fn new(
+        me: Pid,
+        token: u64,
+        registry: Registry,
+        mut listener: TcpListener,
+        mut control: UnixStream,
+    ) -> io::Result<Net> {
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        registry.register(&mut control, CONTROL, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(Net {
+            me,
+            token,
+            registry,
+            listener,
+            sockets: Slab::new(),
+            peers: HashMap::new(),
+            dirty: Vec::new(),
+            control: Control { stream: control, rbuf: Vec::new(), wbuf: Vec::new(), lost: false },
+            spawns: HashMap::new(),
+            next_spawn_id: 0,
+            to_wake: Vec::new(),
+        })
+    }
+
+    /// Handles one readiness event from the reactor.
+    pub(crate) fn on_event(&mut self, token: Token, readable: bool, writable: bool) {
+        match token {
+            LISTENER => self.accept_all(),
+            CONTROL => {
+                if writable {
+                    self.flush_control();
+                }
+                if readable {
+                    self.read_control();
+                }
+            }
+            Token(key) => {
+                if !self.sockets.contains(key) {
+                    return;
+                }
+                if writable {
+                    self.on_writable(key);
+                }
+                if readable && self.sockets.contains(key) {
+                    self.read_socket(key);
+                }
+            }
+        }
+    }
+
+    // ---- the peer table, as the channel API uses it ----
+
+    /// The entry for `pid`, asking the bridge to say when it ends.
+    pub(crate) fn peer(&mut self, pid: Pid) -> &mut Peer {
+        if !self.peers.get(&pid).is_some_and(|p| p.watched) {
+            self.request(&Request::Watch { pid });
+            self.peers.entry(pid).or_default().watched = true;
+        }
+        self.peers.get_mut(&pid).expect("inserted above")
+    }
+
+    /// Starts a connection to `pid` unless one exists or is being made.
+    pub(crate) fn connect(&mut self, pid: Pid) {
+        let peer = self.peer(pid);
+        if peer.sock.is_some() || peer.connecting.is_some() || peer.gone() {
+            return;
+        }
+        let mut stream = match TcpStream::connect(pid.addr()) {
+            Ok(stream) => stream,
+            Err(error) => {
+                log::debug!("connecting to {pid}: {error}");
+                self.peer_closed(pid);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let entry = self.sockets.vacant_entry();
+        let key = entry.key();
+        if let Err(error) = self.registry.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+            log::warn!("registering a connection to {pid}: {error}");
+            self.peer_closed(pid);
+            return;
+        }
+        let mut ctl_out = Vec::new();
+        let hello = codec::append_frame(&mut ctl_out, FRAME_HELLO, &(self.me, pid, self.token));
+        debug_assert!(hello.is_ok());
+        entry.insert(Socket { stream, phase: Phase::AwaitReply(pid), rbuf: Vec::new(), filled: 0, ctl_out });
+        self.peer(pid).connecting = Some(key);
+    }
+
+    /// Queues the frame announcing a new `Sender` of values named `type_name`.
+    pub(crate) fn open_sender(&mut self, pid: Pid, type_name: &str) {
+        codec::append_raw_frame(&mut self.peer(pid).out, FRAME_OPEN, type_name.as_bytes());
+        self.mark_dirty(pid);
+    }
+
+    /// Queues the frame saying our `Sender` was dropped.
+    pub(crate) fn close_sender(&mut self, pid: Pid) {
+        let peer = self.peer(pid);
+        peer.has_sender = false;
+        if !peer.gone() {
+            codec::append_raw_frame(&mut peer.out, FRAME_CLOSE, &[]);
+            self.mark_dirty(pid);
+        }
+    }
+
+    /// Queues a value for `pid`; values for a process that is gone are dropped.
+    pub(crate) fn queue_value<T: serde::Serialize>(&mut self, pid: Pid, value: &T) -> Result<(), CodecError> {
+        let peer = self.peer(pid);
+        if peer.gone() {
+            return Ok(());
+        }
+        codec::append_frame(&mut peer.out, FRAME_DATA, value)?;
+        self.mark_dirty(pid);
+        Ok(())
+    }
+
+    fn mark_dirty(&mut self, pid: Pid) {
+        let peer = self.peer(pid);
+        if !peer.dirty {
+            peer.dirty = true;
+            self.dirty.push(pid);
+        }
+    }
+
+    /// Whether queued frames wait to be written (the reactor should be woken).
+    pub(crate) fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Writes what every peer has queued, as far as the sockets take it.
+    pub(crate) fn flush_dirty(&mut self) {
+        for pid in std::mem::take(&mut self.dirty) {
+            if let Some(peer) = self.peers.get_mut(&pid) {
+                peer.dirty = false;
+            }
+            self.flush_peer(pid);
+        }
+    }
+
+    /// Writes `pid`'s queued frames to its established connection.
+    pub(crate) fn flush_peer(&mut self, pid: Pid) {
+        let Some(peer) = self.peers.get_mut(&pid) else { return };
+        if peer.gone() {
+            peer.out.clear();
+            peer.out_pos = 0;
+            return;
+        }
+        let Some(key) = peer.sock else { return };
+        let socket = &mut self.sockets[key];
+        let before = peer.queued();
+        let mut failed = None;
+        while !socket.ctl_out.is_empty() {
+            match socket.stream.write(&socket.ctl_out) {
+                Ok(n) => drop(socket.ctl_out.drain(..n)),
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        while failed.is_none() && peer.out_pos < peer.out.len() {
+            match socket.stream.write(&peer.out[peer.out_pos..]) {
+                Ok(n) => peer.out_pos += n,
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        if peer.out_pos == peer.out.len() {
+            peer.out.clear();
+            peer.out_pos = 0;
+            if peer.out.capacity() > 4 * SEND_BOUND {
+                peer.out.shrink_to(SEND_BOUND);
+            }
+        }
+        if peer.queued() < before {
+            if let Some(waker) = peer.send_waker.take() {
+                self.to_wake.push(waker);
+            }
+        }
+        if let Some(error) = failed {
+            log::debug!("writing to {pid}: {error}");
+            self.peer_closed(pid);
+        }
+    }
+
+    /// Reads whatever `pid`'s connection holds, for a `recv` that found nothing.
+    pub(crate) fn read_peer(&mut self, pid: Pid) {
+        if let Some(key) = self.peers.get(&pid).and_then(|p| p.sock) {
+            self.read_socket(key);
+        }
+    }
+
+    /// Whether anything is still on its way out: queued frames, handshakes under
+    /// way with frames waiting, bytes the kernel has not delivered, requests.
+    pub(crate) fn unsent(&self) -> usize {
+        let peers: usize = self
+            .peers
+            .values()
+            .filter(|p| !p.gone())
+            .map(|p| {
+                let kernel = p
+                    .sock
+                    .and_then(|key| sys::unsent_bytes(self.sockets[key].stream.as_raw_fd()).ok())
+                    .unwrap_or(0);
+                p.queued() + kernel
+            })
+            .sum();
+        let control = if self.control.lost { 0 } else { self.control.wbuf.len() };
+        peers + control
+    }
+
+    // ---- sockets ----
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.sockets.vacant_entry();
+                    let key = entry.key();
+                    match self.registry.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+                        Ok(()) => {
+                            entry.insert(Socket {
+                                stream,
+                                phase: Phase::AwaitHello,
+                                rbuf: Vec::new(),
+                                filled: 0,
+                                ctl_out: Vec::new(),
+                            });
+                            self.read_socket(key);
+                        }
+                        Err(error) => log::warn!("registering an accepted connection: {error}"),
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(error) => {
+                    // Out of fds or memory: leave the rest in the backlog for the next event.
+                    log::warn!("accepting a connection: {error}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_writable(&mut self, key: usize) {
+        match self.sockets[key].phase {
+            Phase::AwaitReply(pid) => {
+                let socket = &mut self.sockets[key];
+                if let Ok(Some(error)) | Err(error) = socket.stream.take_error() {
+                    log::debug!("connecting to {pid}: {error}");
+                    self.drop_socket(key);
+                    self.on_connection_lost(pid, key);
+                    return;
+                }
+                while !socket.ctl_out.is_empty() {
+                    match socket.stream.write(&socket.ctl_out) {
+                        Ok(n) => drop(socket.ctl_out.drain(..n)),
+                        Err(e) if would_block(&e) || e.kind() == io::ErrorKind::NotConnected => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => {
+                            log::debug!("connecting to {pid}: {error}");
+                            self.drop_socket(key);
+                            self.on_connection_lost(pid, key);
+                            return;
+                        }
+                    }
+                }
+            }
+            Phase::Established(pid) => self.flush_peer(pid),
+            Phase::AwaitHello => {}
+        }
+    }
+
+    /// Reads from socket `key` until it would block, its peer's buffer is full, or
+    /// it ends, and handles every complete frame.
+    fn read_socket(&mut self, key: usize) {
+        loop {
+            if let Phase::Established(pid) = self.sockets[key].phase {
+                let peer = self.peers.get_mut(&pid).expect("established sockets have peers");
+                if peer.inbound_bytes >= RECV_BOUND {
+                    peer.read_paused = true;
+                    return;
+                }
+                peer.read_paused = false;
+            }
+            let socket = &mut self.sockets[key];
+            let filled = socket.filled;
+            let want = codec::frame_len(&socket.rbuf[..filled])
+                .map_or(READ_CHUNK, |n| n.saturating_sub(filled))
+                .clamp(READ_CHUNK, codec::MAX_FRAME);
+            if socket.rbuf.len() < filled + want {
+                socket.rbuf.resize(filled + want, 0);
+            }
+            let result = socket.stream.read(&mut socket.rbuf[filled..]);
+            socket.filled += *result.as_ref().unwrap_or(&0);
+            match result {
+                Ok(0) => {
+                    self.handle_frames(key);
+                    self.on_eof(key);
+                    return;
+                }
+                Ok(_) => {
+                    if !self.handle_frames(key) {
+                        return;
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    log::debug!("reading a connection: {error}");
+                    self.handle_frames(key);
+                    self.on_eof(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles the complete frames in socket `key`'s buffer. Returns false if the
+    /// socket was closed on the way.
+    fn handle_frames(&mut self, key: usize) -> bool {
+        let mut pos = 0;
+        let keep = loop {
+            let Some(socket) = self.sockets.get(key) else { return false };
+            let frame = match codec::next_frame(&socket.rbuf[pos..socket.filled]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break true,
+                Err(error) => {
+                    log::warn!("closing a connection that sent a corrupt frame: {error}");
+                    let phase = socket.phase;
+                    self.drop_socket(key);
+                    if let Phase::Established(pid) | Phase::AwaitReply(pid) = phase {
+                        self.on_connection_lost(pid, key);
+                    }
+                    return false;
+                }
+            };
+            let payload = pos + frame.payload.start..pos + frame.payload.end;
+            pos += frame.len;
+            if !self.handle_frame(key, frame.kind, payload) {
+                break false;
+            }
+        };
+        if let Some(socket) = self.sockets.get_mut(key) {
+            socket.rbuf.copy_within(pos..socket.filled, 0);
+            socket.filled -= pos;
+            if socket.filled == 0 && socket.rbuf.len() > 4 * READ_CHUNK {
+                socket.rbuf = Vec::new();
+            }
+        }
+        keep
+    }
+
+    fn handle_frame(&mut self, key: usize, kind: u8, payload: std::ops::Range<usize>) -> bool {
+        let phase = self.sockets[key].phase;
+        match (phase, kind) {
+            (Phase::Established(pid), FRAME_OPEN | FRAME_DATA | FRAME_CLOSE) => {
+                let bytes = &self.sockets[key].rbuf[payload];
+                let item = match kind {
+                    FRAME_OPEN => Inbound::Open(String::from_utf8_lossy(bytes).into_owned()),
+                    FRAME_DATA => Inbound::Data(bytes.to_vec()),
+                    _ => Inbound::Close,
+                };
+                let peer = self.peers.get_mut(&pid).expect("established sockets have peers");
+                peer.inbound_bytes += bytes.len();
+                peer.inbound.push_back(item);
+                if let Some(waker) = peer.recv_waker.take() {
+                    self.to_wake.push(waker);
+                }
+                true
+            }
+            (Phase::AwaitHello, FRAME_HELLO) => {
+                let hello = codec::decode::<(Pid, Pid, u64)>(&self.sockets[key].rbuf[payload]);
+                self.on_hello(key, hello)
+            }
+            (Phase::AwaitReply(pid), FRAME_ACCEPT) => {
+                self.sockets[key].phase = Phase::Established(pid);
+                let peer = self.peer(pid);
+                peer.connecting = None;
+                peer.sock = Some(key);
+                self.flush_peer(pid);
+                true
+            }
+            (Phase::AwaitReply(pid), FRAME_REJECT) => {
+                // The connection the peer opened to us wins; it is on its way.
+                self.drop_socket(key);
+                let peer = self.peer(pid);
+                peer.connecting = None;
+                if peer.ended && peer.sock.is_none() {
+                    self.wake_peer(pid);
+                }
+                self.flush_peer(pid);
+                false
+            }
+            (Phase::AwaitReply(pid), FRAME_REFUSE) => {
+                let reason = String::from_utf8_lossy(&self.sockets[key].rbuf[payload]).into_owned();
+                log::warn!("process {pid} refused our connection: {reason}");
+                self.drop_socket(key);
+                self.peer_closed(pid);
+                false
+            }
+            (phase, kind) => {
+                log::warn!("closing a connection that sent frame kind {kind} in phase {phase:?}");
+                self.drop_socket(key);
+                if let Phase::Established(pid) | Phase::AwaitReply(pid) = phase {
+                    self.on_connection_lost(pid, key);
+                }
+                false
+            }
+        }
+    }
+
+    fn on_hello(&mut self, key: usize, hello: Result<(Pid, Pid, u64), CodecError>) -> bool {
+        let (from, to, token) = match hello {
+            Ok(hello) => hello,
+            Err(error) => return self.refuse(key, &format!("malformed handshake: {error}")),
+        };
+        if token != self.token {
+            return self.refuse(key, "the connection presented another job's token");
+        }
+        if to != self.me {
+            return self.refuse(key, &format!("this is process {}, not {to}", self.me));
+        }
+        let me = self.me;
+        let peer = self.peer(from);
+        let theirs_wins = peer.sock.is_none() && (peer.connecting.is_none() || from < me);
+        let reply = if theirs_wins { FRAME_ACCEPT } else { FRAME_REJECT };
+        codec::append_raw_frame(&mut self.sockets[key].ctl_out, reply, &[]);
+        if !theirs_wins {
+            // Send the answer, then close; our own connection carries the frames.
+            let socket = &mut self.sockets[key];
+            let _ = socket.stream.write(&socket.ctl_out);
+            self.drop_socket(key);
+            return false;
+        }
+        self.sockets[key].phase = Phase::Established(from);
+        let peer = self.peer(from);
+        let ours = peer.connecting.take();
+        peer.sock = Some(key);
+        if let Some(ours) = ours {
+            self.drop_socket(ours);
+        }
+        self.flush_peer(from);
+        true
+    }
+
+    fn refuse(&mut self, key: usize, reason: &str) -> bool {
+        log::warn!("refusing a connection: {reason}");
+        let socket = &mut self.sockets[key];
+        codec::append_raw_frame(&mut socket.ctl_out, FRAME_REFUSE, reason.as_bytes());
+        let _ = socket.stream.write(&socket.ctl_out);
+        self.drop_socket(key);
+        false
+    }
+
+    fn on_eof(&mut self, key: usize) {
+        let Some(socket) = self.sockets.get(key) else { return };
+        let phase = socket.phase;
+        self.drop_socket(key);
+        if let Phase::Established(pid) | Phase::AwaitReply(pid) = phase {
+            self.on_connection_lost(pid, key);
+        }
+    }
+
+    /// Socket `key` of `pid` is gone: if it was the peer's connection (or our only
+    /// attempt at one), the process has ended.
+    fn on_connection_lost(&mut self, pid: Pid, key: usize) {
+        let peer = self.peer(pid);
+        if peer.sock == Some(key) {
+            peer.sock = None;
+            self.peer_closed(pid);
+        } else if peer.connecting == Some(key) {
+            peer.connecting = None;
+            if peer.sock.is_none() {
+                self.peer_closed(pid);
+            }
+        }
+    }
+
+    fn drop_socket(&mut self, key: usize) {
+        if self.sockets.contains(key) {
+            let mut socket = self.sockets.remove(key);
+            let _ = self.registry.deregister(&mut socket.stream);
+        }
+    }
+
+    /// `pid` is gone: drop what we queued for it and wake its waiters.
+    fn peer_closed(&mut self, pid: Pid) {
+        let peer = self.peer(pid);
+        peer.closed = true;
+        peer.out = Vec::new();
+        peer.out_pos = 0;
+        if let Some(key) = peer.sock.take() {
+            self.drop_socket(key);
+        }
+        self.wake_peer(pid);
+    }
+
+    fn wake_peer(&mut self, pid: Pid) {
+        if let Some(peer) = self.peers.get_mut(&pid) {
+            self.to_wake.extend(peer.recv_waker.take());
+            self.to_wake.extend(peer.send_waker.take());
+        }
+    }
+
+    // ---- the control connection to the bridge ----
+
+    /// Sends a request to the bridge.
+    pub(crate) fn request(&mut self, request: &Request) {
+        if self.control.lost {
+            return;
+        }
+        if let Err(error) = codec::append_frame(&mut self.control.wbuf, KIND_MESSAGE, request) {
+            log::error!("encoding a request to the bridge: {error}");
+            return;
+        }
+        self.flush_control();
+    }
+
+    /// A new spawn request id, with its answer slot.
+    pub(crate) fn new_spawn(&mut self) -> u64 {
+        self.next_spawn_id += 1;
+        self.spawns.insert(self.next_spawn_id, SpawnSlot::default());
+        self.next_spawn_id
+    }
+
+    fn flush_control(&mut self) {
+        while !self.control.wbuf.is_empty() && !self.control.lost {
+            match self.control.stream.write(&self.control.wbuf) {
+                Ok(n) => drop(self.control.wbuf.drain(..n)),
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.bridge_lost(),
+            }
+        }
+    }
+
+    fn read_control(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.control.stream.read(&mut chunk) {
+                Ok(0) => return self.bridge_lost(),
+                Ok(n) => self.control.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.bridge_lost(),
+            }
+        }
+        let mut pos = 0;
+        while let Ok(Some(frame)) = codec::next_frame(&self.control.rbuf[pos..]) {
+            let reply = codec::decode::<Reply>(&self.control.rbuf[pos..][frame.payload]);
+            pos += frame.len;
+            match reply {
+                Ok(Reply::Spawned { id, result }) => {
+                    if let Some(slot) = self.spawns.get_mut(&id) {
+                        slot.result = Some(result);
+                        self.to_wake.extend(slot.waker.take());
+                    }
+                }
+                Ok(Reply::Ended { pid }) => self.on_ended(pid),
+                Err(error) => log::error!("a corrupt message from the bridge: {error}"),
+            }
+        }
+        self.control.rbuf.drain(..pos);
+    }
+
+    /// The bridge says `pid` has ended. Connections it opened before it ended are
+    /// in the listen backlog or being read: take them in first, so what it sent
+    /// is received before its end is.
+    fn on_ended(&mut self, pid: Pid) {
+        self.accept_all();
+        let waiting: Vec<usize> =
+            self.sockets.iter().filter(|(_, s)| s.phase == Phase::AwaitHello).map(|(key, _)| key).collect();
+        for key in waiting {
+            self.read_socket(key);
+        }
+        let peer = self.peer(pid);
+        peer.ended = true;
+        if peer.gone() {
+            self.wake_peer(pid);
+        }
+    }
+
+    fn bridge_lost(&mut self) {
+        if self.control.lost {
+            return;
+        }
+        self.control.lost = true;
+        let _ = self.registry.deregister(&mut self.control.stream);
+        for slot in self.spawns.values_mut() {
+            if slot.result.is_none() {
+                slot.result = Some(Err(SpawnError::BridgeLost));
+                self.to_wake.extend(slot.waker.take());
+            }
+        }
+    }
+}

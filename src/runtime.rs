@@ -1,0 +1,363 @@
+//! `init` and the per-process runtime it starts: who this process is, its
+//! connections, its timers, the I/O thread, the panic hook and the exit flush.
+//!
+//! `init` is where the process roles split (DESIGN §3). Run by hand, the process
+//! forks: the parent becomes the job's bridge, the child becomes the top process.
+//! Every process (the top one, and each spawned one after its exec) forks once more:
+//! the parent becomes its monitor, the child runs the user's code.
+
+use crate::{
+    bridge, codec, monitor,
+    net::{Net, WAKER},
+    proto::{Start, FDS_VAR, FORMAT_VAR},
+    reactor::{self, TimerSlot, Timers},
+    spawn, sys, Pid, Resources,
+};
+use mio::Poll;
+use parking_lot::Mutex;
+use std::{
+    fs::File,
+    io::Read,
+    net::{Ipv4Addr, TcpListener},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::net::UnixStream,
+    },
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+/// The state of an initialised process.
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    pub(crate) me: Pid,
+    pub(crate) resources: Resources,
+    pub(crate) net: Mutex<Net>,
+    pub(crate) timers: Mutex<Timers>,
+    waker: mio::Waker,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static INIT_CALLED: AtomicBool = AtomicBool::new(false);
+static PANIC_FD: OnceLock<OwnedFd> = OnceLock::new();
+
+/// The runtime; panics naming `init` if it has not been called.
+pub(crate) fn get() -> &'static Runtime {
+    RUNTIME.get().unwrap_or_else(|| {
+        panic!("constellation: call constellation::init(Resources::default()) as the first line of main, before using any other constellation function")
+    })
+}
+
+/// Runs `f` on the connection state, then wakes the reactor if frames were newly
+/// queued and wakes the tasks `f` made ready.
+pub(crate) fn with_net<R>(f: impl FnOnce(&mut Net) -> R) -> R {
+    let runtime = get();
+    let mut net = runtime.net.lock();
+    let was_dirty = net.has_dirty();
+    let result = f(&mut net);
+    let now_dirty = net.has_dirty();
+    let wake = std::mem::take(&mut net.to_wake);
+    drop(net);
+    if now_dirty && !was_dirty {
+        let _ = runtime.waker.wake();
+    }
+    wake.into_iter().for_each(std::task::Waker::wake);
+    result
+}
+
+/// Writes out every queued frame now (called before a thread parks).
+pub(crate) fn flush_queued() {
+    let Some(runtime) = RUNTIME.get() else { return };
+    let mut net = runtime.net.lock();
+    if !net.has_dirty() {
+        return;
+    }
+    net.flush_dirty();
+    let wake = std::mem::take(&mut net.to_wake);
+    drop(net);
+    wake.into_iter().for_each(std::task::Waker::wake);
+}
+
+/// Adds a timer, waking the reactor if it is now the earliest.
+pub(crate) fn add_timer(deadline: Instant, slot: Arc<TimerSlot>) {
+    let runtime = get();
+    if runtime.timers.lock().add(deadline, slot) {
+        let _ = runtime.waker.wake();
+    }
+}
+
+/// Initialises this process. Call it first thing in `main`.
+///
+/// Run by hand, `init` starts the job: the process you started becomes the job's
+/// bridge (it prints every process's output and ends with the top process's exit
+/// code), and `init` returns in a new process, the top process of the job, with a
+/// memory limit of `resources.mem`. In a process started by [`spawn`](crate::spawn),
+/// `init` runs the spawned closure instead and never returns.
+///
+/// # Examples
+/// ```no_run
+/// use constellation::*;
+/// fn main() {
+///     init(Resources::default());
+///     println!("I am {}", pid());
+/// }
+/// ```
+///
+/// # Panics
+/// If it is called twice, if the process already has more than one thread (call
+/// it before anything starts threads), or if the process cannot be set up (no
+/// loopback port can be bound, no fork is possible); the message says which.
+pub fn init(resources: Resources) {
+    if INIT_CALLED.swap(true, Ordering::SeqCst) {
+        panic!("constellation: init was called twice; call it once, as the first line of main");
+    }
+    let threads = sys::thread_count();
+    if threads > 1 {
+        panic!(
+            "constellation: init must be called before any thread is started, as the first line of main \
+             (this process already has {threads} threads)"
+        );
+    }
+    if let Err(error) = sys::raise_fd_limit() {
+        log::warn!("raising the open-files limit: {error}");
+    }
+    match std::env::var(FDS_VAR) {
+        Ok(fds) => start_spawned(&fds),
+        Err(_) => start_job(resources),
+    }
+}
+
+/// This process's [`Pid`].
+///
+/// # Panics
+/// If [`init`] has not been called.
+pub fn pid() -> Pid {
+    get().me
+}
+
+/// The [`Resources`] this process was started with.
+///
+/// # Panics
+/// If [`init`] has not been called.
+pub fn resources() -> Resources {
+    get().resources
+}
+
+fn fail(what: &str, error: impl std::fmt::Display) -> ! {
+    panic!("constellation: {what}: {error}")
+}
+
+/// Starts a job from a process run by hand: fork the bridge off, and continue as
+/// the top process.
+fn start_job(resources: Resources) {
+    let json = match std::env::var(FORMAT_VAR) {
+        Ok(format) if format == "json" => true,
+        Ok(format) if format == "human" || format.is_empty() => false,
+        Ok(format) => panic!("constellation: {FORMAT_VAR}={format:?} is not a format; use \"json\" or \"human\""),
+        Err(_) => false,
+    };
+    remove_own_variables();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap_or_else(|e| fail("cannot bind a port on 127.0.0.1 for the top process", e));
+    let addr = listener.local_addr().unwrap_or_else(|e| fail("reading the top process's port", e));
+    let top = Pid::new(addr, 1);
+    let token = sys::random_u64();
+    let (monitor_bridge, monitor_end) = UnixStream::pair().unwrap_or_else(|e| fail("making a socket pair", e));
+    let (control_bridge, control_end) = UnixStream::pair().unwrap_or_else(|e| fail("making a socket pair", e));
+    let (stdin_read, stdin_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
+    let bridge_os_pid = sys::getpid();
+    // SAFETY: init checked that this process has a single thread.
+    match unsafe { sys::fork() }.unwrap_or_else(|e| fail("cannot fork the top process", e)) {
+        sys::Fork::Parent(child) => {
+            drop((monitor_end, control_end, stdin_read, listener));
+            bridge::run(bridge::Setup {
+                top,
+                top_monitor: child,
+                resources,
+                token,
+                json,
+                monitor: monitor_bridge,
+                control: control_bridge,
+                stdin: stdin_write,
+            })
+        }
+        sys::Fork::Child => {
+            drop((monitor_bridge, control_bridge, stdin_write));
+            if sys::new_process_group().is_err() || sys::die_with_parent(libc::SIGKILL, bridge_os_pid).unwrap_or(true) {
+                sys::exit_now(1);
+            }
+            let start = Start { pid: top, parent: None, resources, token, bridge_os_pid: bridge_os_pid.0, closure: None };
+            become_process(start, monitor_end, control_end, listener, Some(stdin_read));
+        }
+    }
+}
+
+/// Removes this project's variables, so spawned processes do not inherit them.
+fn remove_own_variables() {
+    let ours: Vec<_> =
+        std::env::vars_os().map(|(k, _)| k).filter(|k| k.to_string_lossy().starts_with("CONSTELLATION_")).collect();
+    for key in ours {
+        if key != "CONSTELLATION_LOG" {
+            std::env::remove_var(key);
+        }
+    }
+}
+
+/// Starts a process the bridge exec'd: read who it is from the inherited fds.
+fn start_spawned(fds: &str) -> ! {
+    std::env::remove_var(FDS_VAR);
+    let fds: Vec<RawFd> = fds.split(',').filter_map(|fd| fd.parse().ok()).collect();
+    let [monitor_fd, control_fd, listener_fd, start_fd] = fds[..] else {
+        panic!("constellation: {FDS_VAR} is set but malformed; it is set by the bridge for spawned processes only")
+    };
+    // SAFETY: the bridge passed these four fds to this process and nothing else owns them.
+    let (monitor_end, control_end, listener, start_file) = unsafe {
+        (
+            UnixStream::from_raw_fd(monitor_fd),
+            UnixStream::from_raw_fd(control_fd),
+            TcpListener::from_raw_fd(listener_fd),
+            File::from_raw_fd(start_fd),
+        )
+    };
+    for fd in [monitor_fd, control_fd, listener_fd] {
+        if let Err(error) = sys::set_cloexec(fd) {
+            fail("setting close-on-exec on an inherited fd", error);
+        }
+    }
+    let mut bytes = Vec::new();
+    let start: Start = (&start_file)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|_| codec::decode(&bytes).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| fail("reading the spawn arguments from the bridge", e));
+    drop(start_file);
+    if sys::die_with_parent(libc::SIGKILL, sys::OsPid(start.bridge_os_pid)).unwrap_or(true) {
+        sys::exit_now(1);
+    }
+    let parent = start.parent;
+    let closure = start.closure.clone();
+    become_process(start, monitor_end, control_end, listener, None);
+    let (Some(parent), Some((entry, arg))) = (parent, closure) else {
+        panic!("constellation: a spawned process was started without a closure")
+    };
+    // SAFETY: the bridge exec'd this very binary (/proc/self/exe), and `entry` is the
+    // offset of a trampoline from `spawn::base` computed in that same binary.
+    unsafe { spawn::run_trampoline(entry, &arg, parent) };
+    std::process::exit(0)
+}
+
+/// Forks the monitor off; returns in the child, which then runs the user's code.
+fn become_process(start: Start, monitor_end: UnixStream, control: UnixStream, listener: TcpListener, stdin: Option<OwnedFd>) {
+    let (out_read, out_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
+    let (err_read, err_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
+    let (panic_read, panic_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
+    let monitor_os_pid = sys::getpid();
+    // SAFETY: init checked that this process has a single thread.
+    match unsafe { sys::fork() }.unwrap_or_else(|e| fail("cannot fork the process from its monitor", e)) {
+        sys::Fork::Parent(child) => {
+            drop((out_write, err_write, panic_write, control, listener, stdin));
+            sys::ignore_signal(libc::SIGINT);
+            monitor::run(monitor::Setup {
+                child,
+                bridge: monitor_end,
+                stdout: out_read,
+                stderr: err_read,
+                panic: panic_read,
+                resources: start.resources,
+            })
+        }
+        sys::Fork::Child => {
+            drop((monitor_end, out_read, err_read, panic_read));
+            let redirect = |from: &OwnedFd, to: RawFd| {
+                if let Err(error) = sys::dup2(from.as_raw_fd(), to) {
+                    fail("redirecting the process's standard streams", error);
+                }
+            };
+            if let Some(stdin) = &stdin {
+                redirect(stdin, 0);
+            }
+            redirect(&out_write, 1);
+            redirect(&err_write, 2);
+            drop((stdin, out_write, err_write));
+            if sys::die_with_parent(libc::SIGKILL, monitor_os_pid).unwrap_or(true) {
+                sys::exit_now(1);
+            }
+            if let Err(error) = sys::enter_limits(sys::getpid(), &start.resources) {
+                log::warn!("limiting this process's memory: {error}");
+            }
+            start_runtime(start, control, listener, panic_write);
+        }
+    }
+}
+
+/// Sets up the runtime of the user's process and its I/O thread.
+fn start_runtime(start: Start, control: UnixStream, listener: TcpListener, panic_write: OwnedFd) {
+    let setup = || -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        control.set_nonblocking(true)?;
+        let poll = Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let net = Net::new(
+            start.pid,
+            start.token,
+            poll.registry().try_clone()?,
+            mio::net::TcpListener::from_std(listener),
+            mio::net::UnixStream::from_std(control),
+        )?;
+        let runtime = Runtime {
+            me: start.pid,
+            resources: start.resources,
+            net: Mutex::new(net),
+            timers: Mutex::new(Timers::default()),
+            waker,
+        };
+        if RUNTIME.set(runtime).is_err() {
+            panic!("constellation: the runtime was set up twice");
+        }
+        std::thread::Builder::new().name("constellation-io".into()).spawn(move || reactor::run(get(), poll))?;
+        Ok(())
+    };
+    setup().unwrap_or_else(|e| fail("setting up the process's connections", e));
+    let _ = PANIC_FD.set(panic_write);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(fd) = PANIC_FD.get() {
+            let message = info.payload_as_str().unwrap_or("a panic payload that is not a string");
+            let _ = sys::write_all(fd.as_raw_fd(), format!("{message}\0").as_bytes());
+        }
+        previous(info);
+    }));
+    sys::at_exit(flush_at_exit);
+}
+
+/// How long the exit flush waits without progress before giving up.
+const EXIT_FLUSH_IDLE: Duration = Duration::from_secs(5);
+
+/// Runs at `exit`: waits until everything sent has reached its peers' kernels
+/// (bounded), so values sent just before the process ends are not lost.
+extern "C" fn flush_at_exit() {
+    let Some(runtime) = RUNTIME.get() else { return };
+    let mut least = usize::MAX;
+    let mut progress_at = Instant::now();
+    loop {
+        let unsent = {
+            let mut net = runtime.net.lock();
+            net.flush_dirty();
+            net.unsent()
+        };
+        if unsent == 0 {
+            return;
+        }
+        if unsent < least {
+            least = unsent;
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() > EXIT_FLUSH_IDLE {
+            log::warn!("exiting with {unsent} bytes not delivered: the receiving processes are not reading");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

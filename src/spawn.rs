@@ -1,0 +1,159 @@
+//! `spawn` and `try_spawn`: start a closure in a new process of the job.
+//!
+//! The closure is serialised with bincode. The code that runs it is a
+//! monomorphised trampoline `fn(&[u8], Pid)` whose address travels as an offset
+//! from [`base`], so the same binary, exec'd again, finds it.
+
+use crate::{codec, proto::{Environment, Request}, runtime, Pid, Resources};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+/// Why a process could not be spawned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpawnError {
+    /// Nothing can hold a process of these `Resources` now (from `try_spawn`).
+    NoCapacity,
+    /// The job's bridge is gone, so no process can be started.
+    BridgeLost,
+    /// The operating system refused to start the process; the reason says why.
+    Failed(String),
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpawnError::NoCapacity => f.write_str("no capacity: nothing can hold a process of these resources now"),
+            SpawnError::BridgeLost => f.write_str("the job's bridge is gone, so no process can be started"),
+            SpawnError::Failed(reason) => write!(f, "the process could not be started: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// The fixed function trampoline addresses are measured from.
+#[inline(never)]
+pub(crate) fn base() {
+    std::hint::black_box(());
+}
+
+fn trampoline<F>(arg: &[u8], parent: Pid)
+where
+    F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + DeserializeOwned,
+{
+    let closure: F = codec::decode(arg)
+        .unwrap_or_else(|e| panic!("constellation: cannot decode the closure this process was spawned with: {e}"));
+    closure.call_once((parent,));
+}
+
+/// Runs the trampoline at offset `entry` from [`base`] on `arg`.
+///
+/// # Safety
+/// `entry` must have been computed by [`spawn`] in this same binary.
+pub(crate) unsafe fn run_trampoline(entry: isize, arg: &[u8], parent: Pid) {
+    let address = (base as fn() as usize as isize).wrapping_add(entry) as usize;
+    // SAFETY: the caller guarantees `address` is a `fn(&[u8], Pid)` of this binary.
+    let trampoline: fn(&[u8], Pid) = unsafe { std::mem::transmute::<usize, fn(&[u8], Pid)>(address) };
+    trampoline(arg, parent)
+}
+
+/// Starts `f` in a new process with `resources`, and resolves to its [`Pid`].
+///
+/// The new process runs this same binary with the parent's arguments, environment
+/// and working directory; its `init` calls `f(parent_pid)` instead of returning,
+/// and the process exits 0 when `f` returns.
+///
+/// On one machine nothing is refused: memory beyond the machine's is reserved with
+/// a one-time warning on the job's output (use [`try_spawn`] to be refused
+/// instead). Its memory is limited to `resources.mem`.
+///
+/// # Examples
+/// ```no_run
+/// use constellation::*;
+/// fn main() {
+///     init(Resources::default());
+///     let child = spawn(Resources::default(), FnOnce!(move |parent: Pid| {
+///         Sender::<String>::new(parent).send(format!("hello from {}", pid())).block();
+///     }))
+///     .block()
+///     .expect("spawn failed");
+///     println!("{}", Receiver::<String>::new(child).recv().block().unwrap());
+/// }
+/// ```
+///
+/// # Errors
+/// [`SpawnError::Failed`] if the operating system could not start the process,
+/// [`SpawnError::BridgeLost`] if the job is ending.
+///
+/// # Panics
+/// If [`init`](crate::init) has not been called.
+pub fn spawn<F>(resources: Resources, f: F) -> Spawn
+where
+    F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
+{
+    Spawn::new::<F>(resources, f, false)
+}
+
+/// Like [`spawn`], but fails at once with [`SpawnError::NoCapacity`] when nothing
+/// can hold a process of `resources` now, instead of going ahead.
+pub fn try_spawn<F>(resources: Resources, f: F) -> Spawn
+where
+    F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
+{
+    Spawn::new::<F>(resources, f, true)
+}
+
+/// The future of a [`spawn`]: resolves to the new process's [`Pid`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled: call .block() or .await"]
+pub struct Spawn {
+    request: Option<Request>,
+    id: u64,
+}
+
+impl Spawn {
+    fn new<F>(resources: Resources, f: F, try_only: bool) -> Spawn
+    where
+        F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
+    {
+        runtime::get();
+        let entry = (trampoline::<F> as fn(&[u8], Pid) as usize as isize)
+            .wrapping_sub(base as fn() as usize as isize);
+        let arg = codec::encode(&f).unwrap_or_else(|e| panic!("constellation: cannot serialise the closure to spawn: {e}"));
+        let request = Request::Spawn { id: 0, resources, try_only, entry, arg, env: Environment::current() };
+        Spawn { request: Some(request), id: 0 }
+    }
+}
+
+impl Future for Spawn {
+    type Output = Result<Pid, SpawnError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        runtime::with_net(|net| {
+            if let Some(mut request) = this.request.take() {
+                this.id = net.new_spawn();
+                if let Request::Spawn { id, .. } = &mut request {
+                    *id = this.id;
+                }
+                net.request(&request);
+            }
+            let slot = net.spawns.get_mut(&this.id).expect("spawn slots live until their future takes the answer");
+            match slot.result.take() {
+                Some(result) => {
+                    net.spawns.remove(&this.id);
+                    Poll::Ready(result)
+                }
+                None => {
+                    slot.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+    }
+}

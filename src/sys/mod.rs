@@ -1,0 +1,301 @@
+//! Every operating-system call the crate makes: fork, exec set-up, pipes, waiting,
+//! signals, resource limits, cgroups and socket queries.
+//!
+//! Contract: the rest of the crate never calls `libc` directly. Functions here
+//! return `io::Result` built from `errno` by [`cvt`]; OS process ids and fds are
+//! typed ([`OsPid`], `OwnedFd`). Functions marked async-signal-safe allocate
+//! nothing and take no lock, so they may run between `fork` and `exec`.
+
+mod cgroup;
+
+pub(crate) use cgroup::{enter_limits, memory_exceeded, remove as remove_cgroups};
+
+use std::{
+    fs, io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
+
+/// An operating-system process id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct OsPid(pub(crate) libc::pid_t);
+
+/// Turns a `-1` return into the `errno` error.
+pub(crate) fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {
+    if ret == T::from(-1) {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Which side of a fork this is.
+#[derive(Debug)]
+pub(crate) enum Fork {
+    Parent(OsPid),
+    Child,
+}
+
+/// Forks the process.
+///
+/// # Safety
+/// The process must have one thread, so the child inherits no lock held by a
+/// thread that no longer exists.
+pub(crate) unsafe fn fork() -> io::Result<Fork> {
+    // SAFETY: the caller guarantees the process is single-threaded.
+    match cvt(unsafe { libc::fork() })? {
+        0 => Ok(Fork::Child),
+        pid => Ok(Fork::Parent(OsPid(pid))),
+    }
+}
+
+/// The number of threads of this process.
+pub(crate) fn thread_count() -> usize {
+    fs::read_dir("/proc/self/task").map(|dir| dir.count()).unwrap_or(1)
+}
+
+/// This process's id.
+pub(crate) fn getpid() -> OsPid {
+    // SAFETY: getpid cannot fail.
+    OsPid(unsafe { libc::getpid() })
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two new fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A close-on-exec anonymous file holding `bytes`, positioned at its start.
+pub(crate) fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let name = c"constellation-spawn";
+    // SAFETY: name is a valid C string.
+    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: memfd_create returned a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = fs::File::from(fd);
+    io::Write::write_all(&mut file, bytes)?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(0))?;
+    Ok(file.into())
+}
+
+/// Clears close-on-exec on `fd`. Async-signal-safe.
+pub(crate) fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on any fd number is memory-safe.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
+
+/// Makes `dst` a copy of `src` (not close-on-exec). Async-signal-safe.
+pub(crate) fn dup2(src: RawFd, dst: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 on any fd numbers is memory-safe; dst is replaced deliberately.
+    cvt(unsafe { libc::dup2(src, dst) }).map(drop)
+}
+
+/// Asks the kernel to send `signal` to this process when its parent dies, and
+/// reports whether the parent is already gone (it is then `init` or a subreaper).
+pub(crate) fn die_with_parent(signal: i32, expected_parent: OsPid) -> io::Result<bool> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
+    // SAFETY: getppid cannot fail.
+    Ok(unsafe { libc::getppid() } != expected_parent.0)
+}
+
+
+/// Ignores `signal` in this process (and its children until they exec).
+pub(crate) fn ignore_signal(signal: i32) {
+    // SAFETY: SIG_IGN is a valid disposition for catchable signals.
+    unsafe { libc::signal(signal, libc::SIG_IGN) };
+}
+
+
+/// Sends `signal` to a process.
+pub(crate) fn kill(pid: OsPid, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers.
+    cvt(unsafe { libc::kill(pid.0, signal) }).map(drop)
+}
+
+/// Sends `signal` to every process of a process group.
+pub(crate) fn kill_group(pgid: OsPid, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers; a negative pid names the group.
+    cvt(unsafe { libc::kill(-pgid.0, signal) }).map(drop)
+}
+
+/// Makes this process the leader of a new process group.
+pub(crate) fn new_process_group() -> io::Result<()> {
+    // SAFETY: setpgid takes plain integers.
+    cvt(unsafe { libc::setpgid(0, 0) }).map(drop)
+}
+
+/// A pollable fd that becomes readable when process `pid` (a child) exits.
+pub(crate) fn pidfd_open(pid: OsPid) -> io::Result<OwnedFd> {
+    // SAFETY: the pidfd_open syscall takes plain integers and returns a new fd.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) })?;
+    // SAFETY: the syscall returned a new fd that nothing else owns; it is not
+    // close-on-exec by flag, so set that.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: fcntl on an owned fd.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    Ok(fd)
+}
+
+/// How a child ended, as `waitpid` tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+fn decode_wait(status: libc::c_int) -> Option<WaitStatus> {
+    if libc::WIFEXITED(status) {
+        Some(WaitStatus::Exited(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Some(WaitStatus::Signaled(libc::WTERMSIG(status)))
+    } else {
+        None
+    }
+}
+
+/// Waits for the child `pid` to end; with `block` false, returns `None` if it has not.
+pub(crate) fn waitpid(pid: OsPid, block: bool) -> io::Result<Option<WaitStatus>> {
+    let mut status = 0;
+    let flags = if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: status is a valid int to write to.
+        match cvt(unsafe { libc::waitpid(pid.0, &mut status, flags) }) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(decode_wait(status)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reaps any one ended child without blocking.
+pub(crate) fn reap_any() -> Option<(OsPid, Option<WaitStatus>)> {
+    let mut status = 0;
+    // SAFETY: status is a valid int to write to.
+    match unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } {
+        pid if pid > 0 => Some((OsPid(pid), decode_wait(status))),
+        _ => None,
+    }
+}
+
+/// Bytes written to a socket that its peer has not yet acknowledged (`TIOCOUTQ`).
+pub(crate) fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one int.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) })?;
+    Ok(queued.max(0) as usize)
+}
+
+/// Raises the soft open-files limit to the hard limit.
+pub(crate) fn raise_fd_limit() -> io::Result<()> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: limit is a valid rlimit to write to.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: limit is a valid rlimit.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }).map(drop)
+}
+
+/// Limits the process's data segment (heap and private mappings) to `bytes`.
+pub(crate) fn limit_data(bytes: u64) -> io::Result<()> {
+    let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+    // SAFETY: limit is a valid rlimit.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) }).map(drop)
+}
+
+/// Whether `fd` is a terminal.
+pub(crate) fn is_terminal(fd: RawFd) -> bool {
+    // SAFETY: isatty takes a plain integer.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// Writes all of `bytes` to `fd`, retrying on interruption and waiting out
+/// `EAGAIN`. Errors (a closed pipe) are returned.
+pub(crate) fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: bytes is a valid buffer of its length.
+        match cvt(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }) {
+            Ok(n) => bytes = &bytes[n as usize..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                poll_one(fd, libc::POLLOUT, Some(Duration::from_millis(100)))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads into `buf` from `fd`; `Ok(0)` is end of file.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid writable buffer of its length.
+        match cvt(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Polls `fds` (fd, events) for up to `timeout`; returns the ready events of each.
+pub(crate) fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i16>> {
+    let mut pollfds: Vec<libc::pollfd> =
+        fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
+    let timeout = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: pollfds is a valid array of its length.
+    match cvt(unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) }) {
+        Ok(_) => Ok(pollfds.iter().map(|p| p.revents).collect()),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(vec![0; fds.len()]),
+        Err(e) => Err(e),
+    }
+}
+
+fn poll_one(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Result<i16> {
+    Ok(poll(&[(fd, events)], timeout)?[0])
+}
+
+/// Ends the process at once with `code`, running no exit handler.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+/// Registers `handler` to run at `exit`.
+pub(crate) fn at_exit(handler: extern "C" fn()) {
+    // SAFETY: handler is a plain function that lives as long as the program.
+    unsafe { libc::atexit(handler) };
+}
+
+/// The machine's physical memory in bytes.
+pub(crate) fn physical_memory() -> u64 {
+    // SAFETY: sysconf takes a plain integer.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages.max(0) as u64).saturating_mul(size.max(0) as u64)
+}
+
+/// Eight random bytes from the kernel.
+pub(crate) fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: bytes is a valid buffer of 8 bytes.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != 8 {
+        // Fall back to something that differs between runs.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        return t.as_nanos() as u64 ^ (getpid().0 as u64) << 32;
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+
+/// Sets close-on-exec on `fd`.
+pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on any fd number is memory-safe.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).map(drop)
+}
