@@ -86,18 +86,13 @@ const MEM_UNITS: [(&str, u64); 9] = [
 ];
 
 impl fmt::Display for Mem {
+    /// In the largest binary unit it reaches: "100 MiB", "1.5 GiB", "7 B".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (name, size) in MEM_UNITS.iter().take(4) {
-            if self.0 >= *size && self.0 % size == 0 {
-                return write!(f, "{} {}", self.0 / size, name);
-            }
+        match MEM_UNITS.iter().take(4).find(|(_, size)| self.0 >= *size) {
+            Some((name, size)) if self.0 % size == 0 => write!(f, "{} {}", self.0 / size, name),
+            Some((name, size)) => write!(f, "{:.1} {}", self.0 as f64 / *size as f64, name),
+            None => write!(f, "{} B", self.0),
         }
-        for (name, size) in MEM_UNITS.iter().take(4) {
-            if self.0 >= *size {
-                return write!(f, "{:.1} {}", self.0 as f64 / *size as f64, name);
-            }
-        }
-        write!(f, "{} B", self.0)
     }
 }
 

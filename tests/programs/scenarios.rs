@@ -1,0 +1,300 @@
+//! Programs the end-to-end tests run, one per scenario named by the first argument.
+//! Each prints what the test checks; see `tests/*.rs`.
+use constellation::*;
+use futures::{future::join_all, select, FutureExt};
+use std::{
+    io::{BufRead, Write},
+    time::Duration,
+};
+
+fn small() -> Resources {
+    Resources { mem: 30 * Mem::MIB, ..Resources::default() }
+}
+
+/// Sends 256 MiB in 64 KiB values, then prints its peak resident memory.
+fn flood(parent: Pid) {
+    let sender = Sender::<Vec<u8>>::new(parent);
+    for _ in 0..4096 {
+        sender.send(vec![7u8; 64 * 1024]).block();
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_string();
+    drop(sender);
+    println!("{peak}");
+}
+
+/// Touches 400 MiB, 10 MiB at a time.
+fn hog_memory() {
+    let mut hog: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..40 {
+        hog.push(vec![1u8; 10 << 20]);
+    }
+    println!("allocated {} MiB without being stopped", hog.len() * 10);
+}
+
+fn main() {
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    match scenario.as_str() {
+        // Errors that must be caught before or by init.
+        "no_init" => {
+            println!("{}", pid());
+            return;
+        }
+        "threads_first" => {
+            let _thread = std::thread::spawn(|| std::thread::sleep(Duration::from_secs(5)));
+            init(Resources::default());
+            return;
+        }
+        _ => {}
+    }
+    init(Resources::default());
+    match scenario.as_str() {
+        "exit_code" => {
+            let code = std::env::args().nth(2).and_then(|c| c.parse().ok()).unwrap_or(1);
+            println!("exiting with {code}");
+            std::process::exit(code);
+        }
+        "panic_child" => {
+            let child = spawn(small(), FnOnce!(|_parent: Pid| panic!("boom"))).block().unwrap();
+            let result = Receiver::<u64>::new(child).recv().block();
+            println!("recv: {result:?}");
+        }
+        "abort_child" => {
+            let child = spawn(small(), FnOnce!(|_parent: Pid| std::process::abort())).block().unwrap();
+            println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
+        }
+        "binary_output" => {
+            let bytes: Vec<u8> = (0..=255).collect();
+            std::io::stdout().write_all(&bytes).unwrap();
+            std::io::stderr().write_all(&bytes).unwrap();
+        }
+        "inherit" => {
+            std::env::set_var("SET_AT_RUNTIME", "yes");
+            let child = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let args: Vec<String> = std::env::args().collect();
+                    let vars: Vec<String> = std::env::vars()
+                        .filter(|(k, _)| k.starts_with("SCENARIO_") || k == "SET_AT_RUNTIME" || k.starts_with("CONSTELLATION_"))
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    let cwd = std::env::current_dir().unwrap();
+                    Sender::<(Vec<String>, Vec<String>, String)>::new(parent)
+                        .send((args, vars, cwd.display().to_string()))
+                        .block();
+                }),
+            )
+            .block()
+            .unwrap();
+            let (args, mut vars, cwd) = Receiver::<(Vec<String>, Vec<String>, String)>::new(child).recv().block().unwrap();
+            vars.sort();
+            println!("args: {}", args[1..].join(" "));
+            println!("vars: {}", vars.join(" "));
+            println!("cwd: {cwd}");
+        }
+        "ten_children" => {
+            let children: Vec<Pid> = (0..10u64)
+                .map(|i| {
+                    spawn(
+                        small(),
+                        FnOnce!(move |parent: Pid| {
+                            let receiver = Receiver::<u64>::new(parent);
+                            let sender = Sender::<u64>::new(parent);
+                            while let Ok(x) = receiver.recv().block() {
+                                sender.send(x * 10 + i).block();
+                            }
+                        }),
+                    )
+                    .block()
+                    .unwrap()
+                })
+                .collect();
+            let senders: Vec<_> = children.iter().map(|&c| Sender::<u64>::new(c)).collect();
+            let receivers: Vec<_> = children.iter().map(|&c| Receiver::<u64>::new(c)).collect();
+            let mut answers = Vec::new();
+            for round in 1..=3u64 {
+                for sender in &senders {
+                    sender.send(round).block();
+                }
+                for receiver in &receivers {
+                    answers.push(receiver.recv().block().unwrap());
+                }
+            }
+            println!("answers: {answers:?}");
+        }
+        "select_timeout" => {
+            let slow = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    std::thread::sleep(Duration::from_millis(200));
+                    Sender::<String>::new(parent).send("slow".to_string()).block();
+                }),
+            )
+            .block()
+            .unwrap();
+            let silent = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    // Hold the channel open without sending until told to stop.
+                    let _sender = Sender::<String>::new(parent);
+                    let _ = Receiver::<()>::new(parent).recv().block();
+                }),
+            )
+            .block()
+            .unwrap();
+            let from_slow = Receiver::<String>::new(slow);
+            let from_silent = Receiver::<String>::new(silent);
+            let first = async {
+                select! {
+                    value = from_slow.recv().fuse() => format!("slow sent {value:?}"),
+                    value = from_silent.recv().fuse() => format!("silent sent {value:?}"),
+                    _ = sleep(Duration::from_secs(20)).fuse() => "timed out".to_string(),
+                }
+            }
+            .block();
+            let second = async {
+                select! {
+                    value = from_silent.recv().fuse() => format!("silent sent {value:?}"),
+                    _ = sleep(Duration::from_millis(300)).fuse() => "timed out".to_string(),
+                }
+            }
+            .block();
+            let waited = timeout(Duration::from_millis(100), from_silent.recv()).block();
+            println!("first: {first}");
+            println!("second: {second}");
+            println!("timeout: {waited:?}");
+            Sender::<()>::new(silent).send(()).block();
+        }
+        "duplicate_sender" => {
+            let child = spawn(small(), FnOnce!(|_parent: Pid| {})).block().unwrap();
+            let _first = Sender::<u64>::new(child);
+            let _second = Sender::<String>::new(child);
+        }
+        "sender_to_self" => {
+            let _sender = Sender::<u64>::new(pid());
+        }
+        "silent_child" => {
+            let child = spawn(small(), FnOnce!(|_parent: Pid| {})).block().unwrap();
+            println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
+            println!("again: {:?}", Receiver::<u64>::new(child).recv().block());
+        }
+        "send_before_exit" => {
+            let count: u64 = 100_000;
+            let child = spawn(
+                small(),
+                FnOnce!(move |parent: Pid| {
+                    let sender = Sender::<u64>::new(parent);
+                    for i in 0..count {
+                        sender.send(i).block();
+                    }
+                    // Return at once: the exit flush must deliver everything.
+                    std::mem::forget(sender);
+                }),
+            )
+            .block()
+            .unwrap();
+            let receiver = Receiver::<u64>::new(child);
+            let (mut received, mut in_order) = (0u64, true);
+            loop {
+                match receiver.recv().block() {
+                    Ok(value) => {
+                        in_order &= value == received;
+                        received += 1;
+                    }
+                    Err(error) => {
+                        println!("received {received} in order {in_order}, then {error:?}");
+                        break;
+                    }
+                }
+            }
+        }
+        "slow_receiver" => {
+            let child = spawn(
+                Resources { mem: 100 * Mem::MIB, ..Resources::default() },
+                FnOnce!(|parent: Pid| flood(parent)),
+            )
+            .block()
+            .unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+            let receiver = Receiver::<Vec<u8>>::new(child);
+            let mut total = 0usize;
+            while let Ok(chunk) = receiver.recv().block() {
+                total += chunk.len();
+            }
+            println!("received {} MiB", total >> 20);
+        }
+        "type_mismatch" => {
+            let child = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    Sender::<String>::new(parent).send("text".to_string()).block();
+                }),
+            )
+            .block()
+            .unwrap();
+            println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
+        }
+        "concurrent_spawns" => {
+            let count = 200u64;
+            let spawns = (0..count).map(|i| {
+                spawn(
+                    Resources { mem: 20 * Mem::MIB, ..Resources::default() },
+                    FnOnce!(move |parent: Pid| Sender::<u64>::new(parent).send(i).block()),
+                )
+            });
+            let children: Vec<Pid> = join_all(spawns).block().into_iter().map(|r| r.unwrap()).collect();
+            let sum: u64 = children.iter().map(|&c| Receiver::<u64>::new(c).recv().block().unwrap()).sum();
+            println!("{} children, sum {sum}", children.len());
+        }
+        "memory_limit" => {
+            let child = spawn(
+                Resources { mem: 50 * Mem::MIB, ..Resources::default() },
+                FnOnce!(|_parent: Pid| hog_memory()),
+            )
+            .block()
+            .unwrap();
+            println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
+        }
+        "capacity" => {
+            let huge = Resources { mem: 64 * Mem::TIB, ..Resources::default() };
+            let refused = try_spawn(huge, FnOnce!(|_parent: Pid| {})).block();
+            println!("try_spawn: {refused:?}");
+            let child = spawn(huge, FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(1).block())).block().unwrap();
+            println!("spawn: {:?}", Receiver::<u64>::new(child).recv().block());
+        }
+        "sleepers" => {
+            let children: Vec<Pid> = (0..4)
+                .map(|_| {
+                    spawn(
+                        small(),
+                        FnOnce!(|parent: Pid| {
+                            Sender::<()>::new(parent).send(()).block();
+                            loop {
+                                std::thread::sleep(Duration::from_secs(60));
+                            }
+                        }),
+                    )
+                    .block()
+                    .unwrap()
+                })
+                .collect();
+            for &child in &children {
+                Receiver::<()>::new(child).recv().block().unwrap();
+            }
+            println!("ready");
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+        "stdin_echo" => {
+            for line in std::io::stdin().lock().lines() {
+                println!("{}", line.unwrap().to_uppercase());
+            }
+            println!("end of input");
+        }
+        other => {
+            eprintln!("unknown scenario {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
