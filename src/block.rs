@@ -45,7 +45,10 @@ pub trait Block: Future {
     where
         Self: Sized,
     {
-        let waker_state = Arc::new(ThreadWaker { thread: thread::current(), notified: AtomicBool::new(false) });
+        let waker_state = Arc::new(ThreadWaker {
+            thread: thread::current(),
+            notified: AtomicBool::new(false),
+        });
         let waker = Waker::from(waker_state.clone());
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(self);
@@ -78,7 +81,10 @@ pub struct Sleep {
 /// If [`init`](crate::init) has not been called.
 pub fn sleep(duration: Duration) -> Sleep {
     runtime::get();
-    Sleep { deadline: Instant::now() + duration, slot: None }
+    Sleep {
+        deadline: Instant::now() + duration,
+        slot: None,
+    }
 }
 
 impl Future for Sleep {
@@ -139,7 +145,10 @@ pub struct Timeout<F> {
 /// # }
 /// ```
 pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
-    Timeout { future: Box::pin(future), sleep: sleep(duration) }
+    Timeout {
+        future: Box::pin(future),
+        sleep: sleep(duration),
+    }
 }
 
 impl<F: Future> Future for Timeout<F> {

@@ -140,7 +140,10 @@ impl<T: Serialize> Sender<T> {
     /// or if [`init`](crate::init) has not been called.
     pub fn new(pid: Pid) -> Sender<T> {
         let me = runtime::get().me;
-        assert!(pid != me, "constellation: cannot open a Sender from process {me} to itself");
+        assert!(
+            pid != me,
+            "constellation: cannot open a Sender from process {me} to itself"
+        );
         runtime::with_net(|net| {
             let peer = net.peer(pid);
             assert!(
@@ -151,7 +154,10 @@ impl<T: Serialize> Sender<T> {
             net.connect(pid);
             net.open_sender(pid, std::any::type_name::<T>());
         });
-        Sender { pid, _type: PhantomData }
+        Sender {
+            pid,
+            _type: PhantomData,
+        }
     }
 
     /// The process this channel sends to.
@@ -167,7 +173,10 @@ impl<T: Serialize> Sender<T> {
     /// If `value` cannot be serialised (its `Serialize` impl fails, or it is larger
     /// than 1 GiB).
     pub fn send(&self, value: T) -> Send<'_, T> {
-        Send { sender: self, value: Some(value) }
+        Send {
+            sender: self,
+            value: Some(value),
+        }
     }
 
     /// Queues `value` now, or hands it back: [`SendError::Full`] if the buffer is
@@ -188,7 +197,10 @@ impl<T: Serialize> Sender<T> {
 
     fn queue(&self, net: &mut crate::net::Net, value: &T) {
         if let Err(error) = net.queue_value(self.pid, value) {
-            panic!("constellation: cannot serialise a value to send to {}: {error}", self.pid);
+            panic!(
+                "constellation: cannot serialise a value to send to {}: {error}",
+                self.pid
+            );
         }
     }
 
@@ -224,7 +236,9 @@ pub struct Send<'a, T: Serialize> {
 
 impl<T: Serialize> fmt::Debug for Send<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Send").field("pid", &self.sender.pid).finish()
+        f.debug_struct("Send")
+            .field("pid", &self.sender.pid)
+            .finish()
     }
 }
 
@@ -312,7 +326,10 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// process, or if [`init`](crate::init) has not been called.
     pub fn new(pid: Pid) -> Receiver<T> {
         let me = runtime::get().me;
-        assert!(pid != me, "constellation: cannot open a Receiver in process {me} from itself");
+        assert!(
+            pid != me,
+            "constellation: cannot open a Receiver in process {me} from itself"
+        );
         runtime::with_net(|net| {
             let peer = net.peer(pid);
             assert!(
@@ -321,7 +338,10 @@ impl<T: DeserializeOwned> Receiver<T> {
             );
             peer.has_receiver = true;
         });
-        Receiver { pid, _type: PhantomData }
+        Receiver {
+            pid,
+            _type: PhantomData,
+        }
     }
 
     /// The process this channel receives from.
@@ -383,14 +403,19 @@ impl<T: DeserializeOwned> Receiver<T> {
                     let mismatched = name != expected;
                     runtime::with_net(|net| net.peer(self.pid).mismatched = mismatched);
                     if mismatched {
-                        return Poll::Ready(Err(RecvError::TypeMismatch { expected: expected.to_owned(), found: name }));
+                        return Poll::Ready(Err(RecvError::TypeMismatch {
+                            expected: expected.to_owned(),
+                            found: name,
+                        }));
                     }
                 }
                 Inbound::Data(bytes) => {
                     if runtime::with_net(|net| net.peer(self.pid).mismatched) {
                         continue;
                     }
-                    return Poll::Ready(codec::decode(&bytes).map_err(|e| RecvError::Corrupt(e.to_string())));
+                    return Poll::Ready(
+                        codec::decode(&bytes).map_err(|e| RecvError::Corrupt(e.to_string())),
+                    );
                 }
                 Inbound::Close => return Poll::Ready(Err(RecvError::SenderDropped)),
             }
@@ -416,7 +441,9 @@ pub struct Recv<'a, T: DeserializeOwned> {
 
 impl<T: DeserializeOwned> fmt::Debug for Recv<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Recv").field("pid", &self.receiver.pid).finish()
+        f.debug_struct("Recv")
+            .field("pid", &self.receiver.pid)
+            .finish()
     }
 }
 

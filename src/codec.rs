@@ -53,7 +53,9 @@ pub(crate) fn append_frame<T: Serialize + ?Sized>(
     let len = buf.len() - start - 4;
     if len > MAX_FRAME {
         buf.truncate(start);
-        return Err(CodecError(format!("a value of {len} bytes is larger than the largest frame ({MAX_FRAME} bytes)")));
+        return Err(CodecError(format!(
+            "a value of {len} bytes is larger than the largest frame ({MAX_FRAME} bytes)"
+        )));
     }
     buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
@@ -88,7 +90,11 @@ pub(crate) fn next_frame(buf: &[u8]) -> Result<Option<Frame>, CodecError> {
     if buf.len() < 4 + len {
         return Ok(None);
     }
-    Ok(Some(Frame { kind: buf[4], payload: HEADER..4 + len, len: 4 + len }))
+    Ok(Some(Frame {
+        kind: buf[4],
+        payload: HEADER..4 + len,
+        len: 4 + len,
+    }))
 }
 
 /// How many bytes the frame that starts `buf` needs in all, once its header is there.
@@ -111,7 +117,10 @@ mod tests {
         assert_eq!(value, (1, "two".to_string()));
         let rest = &buf[first.len..];
         let second = next_frame(rest).unwrap().unwrap();
-        assert_eq!((second.kind, &rest[second.payload.clone()]), (9, &b"raw"[..]));
+        assert_eq!(
+            (second.kind, &rest[second.payload.clone()]),
+            (9, &b"raw"[..])
+        );
         assert!(next_frame(&rest[..3]).unwrap().is_none());
     }
 

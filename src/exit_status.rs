@@ -56,7 +56,9 @@ impl fmt::Display for ExitStatus {
             ExitStatus::Code(code) => write!(f, "exit code {code}"),
             ExitStatus::Signal(signal) => write!(f, "killed by signal {signal}"),
             ExitStatus::Panicked(message) => write!(f, "panicked: {message}"),
-            ExitStatus::MemoryExceeded(limit) => write!(f, "killed for exceeding its memory limit of {limit}"),
+            ExitStatus::MemoryExceeded(limit) => {
+                write!(f, "killed for exceeding its memory limit of {limit}")
+            }
             ExitStatus::KilledBy(pid) => write!(f, "killed by link to {pid}"),
             ExitStatus::Lost => f.write_str("lost with its node"),
             ExitStatus::NoProc => f.write_str("no such process"),

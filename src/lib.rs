@@ -44,7 +44,7 @@ mod spawn;
 mod sys;
 
 pub use block::{sleep, timeout, Block, Elapsed, Sleep, Timeout};
-pub use channel::{Receiver, RecvError, Sender, SendError};
+pub use channel::{Receiver, RecvError, SendError, Sender};
 pub use exit_status::ExitStatus;
 pub use pid::Pid;
 pub use resources::{Cpu, Mem, ParseResourceError, Resources};

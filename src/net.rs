@@ -160,7 +160,11 @@ impl Net {
         mut control: UnixStream,
     ) -> io::Result<Net> {
         registry.register(&mut listener, LISTENER, Interest::READABLE)?;
-        registry.register(&mut control, CONTROL, Interest::READABLE | Interest::WRITABLE)?;
+        registry.register(
+            &mut control,
+            CONTROL,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         Ok(Net {
             me,
             token,
@@ -169,7 +173,12 @@ impl Net {
             sockets: Slab::new(),
             peers: HashMap::new(),
             dirty: Vec::new(),
-            control: Control { stream: control, rbuf: Vec::new(), wbuf: Vec::new(), lost: false },
+            control: Control {
+                stream: control,
+                rbuf: Vec::new(),
+                wbuf: Vec::new(),
+                lost: false,
+            },
             spawns: HashMap::new(),
             next_spawn_id: 0,
             to_wake: Vec::new(),
@@ -230,7 +239,11 @@ impl Net {
         let _ = stream.set_nodelay(true);
         let entry = self.sockets.vacant_entry();
         let key = entry.key();
-        if let Err(error) = self.registry.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(error) = self.registry.register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             log::warn!("registering a connection to {pid}: {error}");
             self.peer_closed(pid);
             return;
@@ -238,7 +251,13 @@ impl Net {
         let mut ctl_out = Vec::new();
         let hello = codec::append_frame(&mut ctl_out, FRAME_HELLO, &(self.me, pid, self.token));
         debug_assert!(hello.is_ok());
-        entry.insert(Socket { stream, phase: Phase::AwaitReply(pid), rbuf: Vec::new(), filled: 0, ctl_out });
+        entry.insert(Socket {
+            stream,
+            phase: Phase::AwaitReply(pid),
+            rbuf: Vec::new(),
+            filled: 0,
+            ctl_out,
+        });
         self.peer(pid).connecting = Some(key);
     }
 
@@ -259,7 +278,11 @@ impl Net {
     }
 
     /// Queues a value for `pid`; values for a process that is gone are dropped.
-    pub(crate) fn queue_value<T: serde::Serialize>(&mut self, pid: Pid, value: &T) -> Result<(), CodecError> {
+    pub(crate) fn queue_value<T: serde::Serialize>(
+        &mut self,
+        pid: Pid,
+        value: &T,
+    ) -> Result<(), CodecError> {
         let peer = self.peer(pid);
         if peer.gone() {
             return Ok(());
@@ -294,7 +317,9 @@ impl Net {
 
     /// Writes `pid`'s queued frames to its established connection.
     pub(crate) fn flush_peer(&mut self, pid: Pid) {
-        let Some(peer) = self.peers.get_mut(&pid) else { return };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
         if peer.gone() {
             peer.out.clear();
             peer.out_pos = 0;
@@ -363,7 +388,11 @@ impl Net {
                 p.queued() + kernel
             })
             .sum();
-        let control = if self.control.lost { 0 } else { self.control.wbuf.len() };
+        let control = if self.control.lost {
+            0
+        } else {
+            self.control.wbuf.len()
+        };
         peers + control
     }
 
@@ -376,7 +405,11 @@ impl Net {
                     let _ = stream.set_nodelay(true);
                     let entry = self.sockets.vacant_entry();
                     let key = entry.key();
-                    match self.registry.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+                    match self.registry.register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
                         Ok(()) => {
                             entry.insert(Socket {
                                 stream,
@@ -415,7 +448,9 @@ impl Net {
                 while !socket.ctl_out.is_empty() {
                     match socket.stream.write(&socket.ctl_out) {
                         Ok(n) => drop(socket.ctl_out.drain(..n)),
-                        Err(e) if would_block(&e) || e.kind() == io::ErrorKind::NotConnected => return,
+                        Err(e) if would_block(&e) || e.kind() == io::ErrorKind::NotConnected => {
+                            return
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(error) => {
                             log::debug!("connecting to {pid}: {error}");
@@ -436,7 +471,10 @@ impl Net {
     fn read_socket(&mut self, key: usize) {
         loop {
             if let Phase::Established(pid) = self.sockets[key].phase {
-                let peer = self.peers.get_mut(&pid).expect("established sockets have peers");
+                let peer = self
+                    .peers
+                    .get_mut(&pid)
+                    .expect("established sockets have peers");
                 if peer.inbound_bytes >= RECV_BOUND {
                     peer.read_paused = true;
                     return;
@@ -481,7 +519,9 @@ impl Net {
     fn handle_frames(&mut self, key: usize) -> bool {
         let mut pos = 0;
         let keep = loop {
-            let Some(socket) = self.sockets.get(key) else { return false };
+            let Some(socket) = self.sockets.get(key) else {
+                return false;
+            };
             let frame = match codec::next_frame(&socket.rbuf[pos..socket.filled]) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break true,
@@ -521,7 +561,10 @@ impl Net {
                     FRAME_DATA => Inbound::Data(bytes.to_vec()),
                     _ => Inbound::Close,
                 };
-                let peer = self.peers.get_mut(&pid).expect("established sockets have peers");
+                let peer = self
+                    .peers
+                    .get_mut(&pid)
+                    .expect("established sockets have peers");
                 peer.inbound_bytes += bytes.len();
                 peer.inbound.push_back(item);
                 if let Some(waker) = peer.recv_waker.take() {
@@ -584,7 +627,11 @@ impl Net {
         let me = self.me;
         let peer = self.peer(from);
         let theirs_wins = peer.sock.is_none() && (peer.connecting.is_none() || from < me);
-        let reply = if theirs_wins { FRAME_ACCEPT } else { FRAME_REJECT };
+        let reply = if theirs_wins {
+            FRAME_ACCEPT
+        } else {
+            FRAME_REJECT
+        };
         codec::append_raw_frame(&mut self.sockets[key].ctl_out, reply, &[]);
         if !theirs_wins {
             // Send the answer, then close; our own connection carries the frames.
@@ -614,7 +661,9 @@ impl Net {
     }
 
     fn on_eof(&mut self, key: usize) {
-        let Some(socket) = self.sockets.get(key) else { return };
+        let Some(socket) = self.sockets.get(key) else {
+            return;
+        };
         let phase = socket.phase;
         self.drop_socket(key);
         if let Phase::Established(pid) | Phase::AwaitReply(pid) = phase {
@@ -729,8 +778,12 @@ impl Net {
     /// is received before its end is.
     fn on_ended(&mut self, pid: Pid) {
         self.accept_all();
-        let waiting: Vec<usize> =
-            self.sockets.iter().filter(|(_, s)| s.phase == Phase::AwaitHello).map(|(key, _)| key).collect();
+        let waiting: Vec<usize> = self
+            .sockets
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::AwaitHello)
+            .map(|(key, _)| key)
+            .collect();
         for key in waiting {
             self.read_socket(key);
         }

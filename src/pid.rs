@@ -30,7 +30,11 @@ impl Pid {
             IpAddr::V4(ip) => ip.octets(),
             IpAddr::V6(ip) => ip.to_ipv4_mapped().unwrap_or(Ipv4Addr::LOCALHOST).octets(),
         };
-        Pid { incarnation, ip, port: addr.port() }
+        Pid {
+            incarnation,
+            ip,
+            port: addr.port(),
+        }
     }
 
     /// The address this process accepts channel connections on.

@@ -12,7 +12,14 @@ pub(crate) const KIND_MESSAGE: u8 = 1;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
     /// Start a process running the closure `arg` through the trampoline at `entry`.
-    Spawn { id: u64, resources: Resources, try_only: bool, entry: isize, arg: Vec<u8>, env: Environment },
+    Spawn {
+        id: u64,
+        resources: Resources,
+        try_only: bool,
+        entry: isize,
+        arg: Vec<u8>,
+        env: Environment,
+    },
     /// Tell me when `pid` has ended (at once if it already has, or never existed).
     Watch { pid: Pid },
 }
@@ -21,7 +28,10 @@ pub(crate) enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
     /// The answer to `Request::Spawn { id, .. }`.
-    Spawned { id: u64, result: Result<Pid, SpawnError> },
+    Spawned {
+        id: u64,
+        result: Result<Pid, SpawnError>,
+    },
     /// A watched process has ended.
     Ended { pid: Pid },
 }
@@ -50,8 +60,12 @@ impl Environment {
         use std::os::unix::ffi::OsStringExt;
         Environment {
             args: std::env::args_os().map(OsStringExt::into_vec).collect(),
-            vars: std::env::vars_os().map(|(k, v)| (k.into_vec(), v.into_vec())).collect(),
-            cwd: std::env::current_dir().map(|d| d.into_os_string().into_vec()).unwrap_or_default(),
+            vars: std::env::vars_os()
+                .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .collect(),
+            cwd: std::env::current_dir()
+                .map(|d| d.into_os_string().into_vec())
+                .unwrap_or_default(),
         }
     }
 }

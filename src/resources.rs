@@ -89,7 +89,9 @@ impl fmt::Display for Mem {
     /// In the largest binary unit it reaches: "100 MiB", "1.5 GiB", "7 B".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match MEM_UNITS.iter().take(4).find(|(_, size)| self.0 >= *size) {
-            Some((name, size)) if self.0 % size == 0 => write!(f, "{} {}", self.0 / size, name),
+            Some((name, size)) if self.0.is_multiple_of(*size) => {
+                write!(f, "{} {}", self.0 / size, name)
+            }
             Some((name, size)) => write!(f, "{:.1} {}", self.0 as f64 / *size as f64, name),
             None => write!(f, "{} B", self.0),
         }
@@ -175,7 +177,9 @@ impl Cpu {
 
     /// The share of `cores` cores (fractions allowed).
     pub fn from_cores(cores: f64) -> Cpu {
-        Cpu((cores.max(0.0) * f64::from(Cpu::CORE.0)).round().min(f64::from(u32::MAX)) as u32)
+        Cpu((cores.max(0.0) * f64::from(Cpu::CORE.0))
+            .round()
+            .min(f64::from(u32::MAX)) as u32)
     }
 }
 
@@ -225,7 +229,10 @@ impl FromStr for Cpu {
     /// Parses a number of cores, integer or fraction: `"2"`, `"0.25"`.
     fn from_str(s: &str) -> Result<Cpu, ParseResourceError> {
         let text = s.trim();
-        let text = text.strip_suffix("cores").or_else(|| text.strip_suffix("core")).unwrap_or(text);
+        let text = text
+            .strip_suffix("cores")
+            .or_else(|| text.strip_suffix("core"))
+            .unwrap_or(text);
         match text.trim().parse::<f64>() {
             Ok(cores) if cores.is_finite() && cores >= 0.0 => Ok(Cpu::from_cores(cores)),
             _ => Err(ParseResourceError {
@@ -256,7 +263,10 @@ pub struct Resources {
 impl Default for Resources {
     /// 100 MiB and 1/16 of a core.
     fn default() -> Resources {
-        Resources { mem: 100 * Mem::MIB, cpu: Cpu::CORE / 16 }
+        Resources {
+            mem: 100 * Mem::MIB,
+            cpu: Cpu::CORE / 16,
+        }
     }
 }
 
@@ -268,7 +278,10 @@ mod tests {
     fn parses_memory() {
         assert_eq!("100 GiB".parse::<Mem>().unwrap(), 100 * Mem::GIB);
         assert_eq!("100GiB".parse::<Mem>().unwrap(), 100 * Mem::GIB);
-        assert_eq!("512 mb".parse::<Mem>().unwrap(), Mem::from_bytes(512_000_000));
+        assert_eq!(
+            "512 mb".parse::<Mem>().unwrap(),
+            Mem::from_bytes(512_000_000)
+        );
         assert_eq!("4096".parse::<Mem>().unwrap(), Mem::from_bytes(4096));
         assert_eq!("0.5 KiB".parse::<Mem>().unwrap(), Mem::from_bytes(512));
         assert!("ten GiB".parse::<Mem>().is_err());

@@ -4,7 +4,11 @@
 //! monomorphised trampoline `fn(&[u8], Pid)` whose address travels as an offset
 //! from [`base`], so the same binary, exec'd again, finds it.
 
-use crate::{codec, proto::{Environment, Request}, runtime, Pid, Resources};
+use crate::{
+    codec,
+    proto::{Environment, Request},
+    runtime, Pid, Resources,
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::{
     fmt,
@@ -27,8 +31,12 @@ pub enum SpawnError {
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SpawnError::NoCapacity => f.write_str("no capacity: nothing can hold a process of these resources now"),
-            SpawnError::BridgeLost => f.write_str("the job's bridge is gone, so no process can be started"),
+            SpawnError::NoCapacity => {
+                f.write_str("no capacity: nothing can hold a process of these resources now")
+            }
+            SpawnError::BridgeLost => {
+                f.write_str("the job's bridge is gone, so no process can be started")
+            }
             SpawnError::Failed(reason) => write!(f, "the process could not be started: {reason}"),
         }
     }
@@ -46,8 +54,9 @@ fn trampoline<F>(arg: &[u8], parent: Pid)
 where
     F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + DeserializeOwned,
 {
-    let closure: F = codec::decode(arg)
-        .unwrap_or_else(|e| panic!("constellation: cannot decode the closure this process was spawned with: {e}"));
+    let closure: F = codec::decode(arg).unwrap_or_else(|e| {
+        panic!("constellation: cannot decode the closure this process was spawned with: {e}")
+    });
     closure.call_once((parent,));
 }
 
@@ -58,7 +67,8 @@ where
 pub(crate) unsafe fn run_trampoline(entry: isize, arg: &[u8], parent: Pid) {
     let address = (base as fn() as usize as isize).wrapping_add(entry) as usize;
     // SAFETY: the caller guarantees `address` is a `fn(&[u8], Pid)` of this binary.
-    let trampoline: fn(&[u8], Pid) = unsafe { std::mem::transmute::<usize, fn(&[u8], Pid)>(address) };
+    let trampoline: fn(&[u8], Pid) =
+        unsafe { std::mem::transmute::<usize, fn(&[u8], Pid)>(address) };
     trampoline(arg, parent)
 }
 
@@ -119,14 +129,29 @@ pub struct Spawn {
 impl Spawn {
     fn new<F>(resources: Resources, f: F, try_only: bool) -> Spawn
     where
-        F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
+        F: serde_closure::traits::FnOnce<(Pid,), Output = ()>
+            + Serialize
+            + DeserializeOwned
+            + 'static,
     {
         runtime::get();
         let entry = (trampoline::<F> as fn(&[u8], Pid) as usize as isize)
             .wrapping_sub(base as fn() as usize as isize);
-        let arg = codec::encode(&f).unwrap_or_else(|e| panic!("constellation: cannot serialise the closure to spawn: {e}"));
-        let request = Request::Spawn { id: 0, resources, try_only, entry, arg, env: Environment::current() };
-        Spawn { request: Some(request), id: 0 }
+        let arg = codec::encode(&f).unwrap_or_else(|e| {
+            panic!("constellation: cannot serialise the closure to spawn: {e}")
+        });
+        let request = Request::Spawn {
+            id: 0,
+            resources,
+            try_only,
+            entry,
+            arg,
+            env: Environment::current(),
+        };
+        Spawn {
+            request: Some(request),
+            id: 0,
+        }
     }
 }
 
@@ -143,7 +168,10 @@ impl Future for Spawn {
                 }
                 net.request(&request);
             }
-            let slot = net.spawns.get_mut(&this.id).expect("spawn slots live until their future takes the answer");
+            let slot = net
+                .spawns
+                .get_mut(&this.id)
+                .expect("spawn slots live until their future takes the answer");
             match slot.result.take() {
                 Some(result) => {
                     net.spawns.remove(&this.id);

@@ -97,7 +97,10 @@ pub(crate) fn run(setup: Setup) -> ! {
     let code = match Bridge::new(setup) {
         Ok(mut bridge) => bridge.run(),
         Err(error) => {
-            let _ = sys::write_all(2, format!("constellation: the bridge could not start: {error}\n").as_bytes());
+            let _ = sys::write_all(
+                2,
+                format!("constellation: the bridge could not start: {error}\n").as_bytes(),
+            );
             1
         }
     };
@@ -119,11 +122,16 @@ impl Bridge {
         let mut stop_signals = Vec::new();
         for (index, signal) in STOP_SIGNALS.into_iter().enumerate() {
             let mut pipe = signal_pipe(signal)?;
-            poll.registry().register(&mut pipe, Token(usize::MAX - 2 - index), Interest::READABLE)?;
+            poll.registry().register(
+                &mut pipe,
+                Token(usize::MAX - 2 - index),
+                Interest::READABLE,
+            )?;
             stop_signals.push(pipe);
         }
         let mut child_signals = signal_pipe(libc::SIGCHLD)?;
-        poll.registry().register(&mut child_signals, SIGNAL_CHILD, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut child_signals, SIGNAL_CHILD, Interest::READABLE)?;
         let mut bridge = Bridge {
             poll,
             conns: Slab::new(),
@@ -143,7 +151,13 @@ impl Bridge {
             stop: None,
         };
         bridge.printer.top(setup.top);
-        bridge.add_process(setup.top, setup.top_monitor, setup.resources, setup.monitor, setup.control)?;
+        bridge.add_process(
+            setup.top,
+            setup.top_monitor,
+            setup.resources,
+            setup.monitor,
+            setup.control,
+        )?;
         forward_stdin(setup.stdin);
         Ok(bridge)
     }
@@ -157,13 +171,17 @@ impl Bridge {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                self.printer.warning(&format!("the bridge's event loop failed: {error}"));
+                self.printer
+                    .warning(&format!("the bridge's event loop failed: {error}"));
                 self.stop_job();
                 return 1;
             }
             for event in events.iter() {
                 match event.token() {
-                    Token(key) if key >= usize::MAX - 2 - (STOP_SIGNALS.len() - 1) && key <= usize::MAX - 2 => {
+                    Token(key)
+                        if key >= usize::MAX - 2 - (STOP_SIGNALS.len() - 1)
+                            && key <= usize::MAX - 2 =>
+                    {
                         let index = usize::MAX - 2 - key;
                         drain_signals(&mut self.stop_signals[index]);
                         self.stop = Some(STOP_SIGNALS[index]);
@@ -187,7 +205,10 @@ impl Bridge {
                 return 128 + signal;
             }
         }
-        self.procs.get(&self.top).and_then(|p| p.status.as_ref()).map_or(1, ExitStatus::code)
+        self.procs
+            .get(&self.top)
+            .and_then(|p| p.status.as_ref())
+            .map_or(1, ExitStatus::code)
     }
 
     /// Kills every process of the job: each monitor, and the job's process group.
@@ -225,13 +246,28 @@ impl Bridge {
         Ok(())
     }
 
-    fn add_conn(&mut self, stream: std::os::unix::net::UnixStream, pid: Pid, role: Role) -> io::Result<usize> {
+    fn add_conn(
+        &mut self,
+        stream: std::os::unix::net::UnixStream,
+        pid: Pid,
+        role: Role,
+    ) -> io::Result<usize> {
         stream.set_nonblocking(true)?;
         let mut stream = UnixStream::from_std(stream);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
-        entry.insert(Conn { stream, pid, role, rbuf: Vec::new(), wbuf: Vec::new() });
+        self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Conn {
+            stream,
+            pid,
+            role,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+        });
         Ok(key)
     }
 
@@ -253,7 +289,9 @@ impl Bridge {
         let mut chunk = [0u8; 64 * 1024];
         let mut closed = false;
         {
-            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             loop {
                 match conn.stream.read(&mut chunk) {
                     Ok(0) => {
@@ -272,13 +310,17 @@ impl Bridge {
         }
         let mut pos = 0;
         loop {
-            let Some(conn) = self.conns.get(key) else { return };
+            let Some(conn) = self.conns.get(key) else {
+                return;
+            };
             let (pid, role) = (conn.pid, conn.role);
             let frame = match codec::next_frame(&conn.rbuf[pos..]) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
-                    self.printer.warning(&format!("dropping the connection of {pid}, which sent a corrupt frame: {error}"));
+                    self.printer.warning(&format!(
+                        "dropping the connection of {pid}, which sent a corrupt frame: {error}"
+                    ));
                     closed = true;
                     break;
                 }
@@ -288,11 +330,15 @@ impl Bridge {
             match role {
                 Role::Monitor => match codec::decode::<Report>(payload) {
                     Ok(report) => self.on_report(pid, report),
-                    Err(error) => self.printer.warning(&format!("a corrupt report from the monitor of {pid}: {error}")),
+                    Err(error) => self.printer.warning(&format!(
+                        "a corrupt report from the monitor of {pid}: {error}"
+                    )),
                 },
                 Role::Control => match codec::decode::<Request>(payload) {
                     Ok(request) => self.on_request(pid, key, request),
-                    Err(error) => self.printer.warning(&format!("a corrupt request from {pid}: {error}")),
+                    Err(error) => self
+                        .printer
+                        .warning(&format!("a corrupt request from {pid}: {error}")),
                 },
             }
         }
@@ -305,7 +351,9 @@ impl Bridge {
     }
 
     fn flush(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         while !conn.wbuf.is_empty() {
             match conn.stream.write(&conn.wbuf) {
                 Ok(n) => drop(conn.wbuf.drain(..n)),
@@ -321,7 +369,9 @@ impl Bridge {
     }
 
     fn reply(&mut self, key: usize, reply: &Reply) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if let Err(error) = codec::append_frame(&mut conn.wbuf, KIND_MESSAGE, reply) {
             self.printer.warning(&format!("encoding a reply: {error}"));
             return;
@@ -338,7 +388,14 @@ impl Bridge {
 
     fn on_request(&mut self, pid: Pid, key: usize, request: Request) {
         match request {
-            Request::Spawn { id, resources, try_only, entry, arg, env } => {
+            Request::Spawn {
+                id,
+                resources,
+                try_only,
+                entry,
+                arg,
+                env,
+            } => {
                 let result = self.spawn(pid, resources, try_only, entry, arg, &env);
                 self.reply(key, &Reply::Spawned { id, result });
             }
@@ -351,7 +408,9 @@ impl Bridge {
 
     /// Process `pid` has ended: show it, free what it reserved, tell its watchers.
     fn on_exit(&mut self, pid: Pid, status: ExitStatus) {
-        let Some(process) = self.procs.get_mut(&pid) else { return };
+        let Some(process) = self.procs.get_mut(&pid) else {
+            return;
+        };
         if process.status.is_some() {
             return;
         }
@@ -371,7 +430,9 @@ impl Bridge {
     /// its process with it.
     fn reap(&mut self) {
         while let Some((os_pid, wait)) = sys::reap_any() {
-            let Some(pid) = self.by_os_pid.remove(&os_pid.0) else { continue };
+            let Some(pid) = self.by_os_pid.remove(&os_pid.0) else {
+                continue;
+            };
             // Its last report may still be unread.
             if let Some(key) = self.procs.get(&pid).and_then(|p| p.monitor) {
                 self.read(key);
@@ -410,15 +471,17 @@ impl Bridge {
             }
         }
         let failed = |what: &str, error: io::Error| SpawnError::Failed(format!("{what}: {error}"));
-        let listener =
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| failed("cannot bind a port on 127.0.0.1", e))?;
-        let addr = listener.local_addr().map_err(|e| failed("reading the new port", e))?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| failed("cannot bind a port on 127.0.0.1", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| failed("reading the new port", e))?;
         let pid = Pid::new(addr, self.next_incarnation);
         self.next_incarnation += 1;
-        let (monitor_bridge, monitor_end) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
-        let (control_bridge, control_end) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
+        let (monitor_bridge, monitor_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| failed("making a socket pair", e))?;
+        let (control_bridge, control_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| failed("making a socket pair", e))?;
         let start = Start {
             pid,
             parent: Some(parent),
@@ -428,8 +491,14 @@ impl Bridge {
             closure: Some((entry, arg)),
         };
         let start = codec::encode(&start).map_err(|e| SpawnError::Failed(e.to_string()))?;
-        let start = sys::memfd_with(&start).map_err(|e| failed("making the spawn argument file", e))?;
-        let fds = [monitor_end.as_raw_fd(), control_end.as_raw_fd(), listener.as_raw_fd(), start.as_raw_fd()];
+        let start =
+            sys::memfd_with(&start).map_err(|e| failed("making the spawn argument file", e))?;
+        let fds = [
+            monitor_end.as_raw_fd(),
+            control_end.as_raw_fd(),
+            listener.as_raw_fd(),
+            start.as_raw_fd(),
+        ];
 
         let mut command = Command::new("/proc/self/exe");
         let mut args = env.args.iter().map(|a| OsStr::from_bytes(a));
@@ -442,7 +511,10 @@ impl Bridge {
                 command.env(OsStr::from_bytes(key), OsStr::from_bytes(value));
             }
         }
-        command.env(FDS_VAR, format!("{},{},{},{}", fds[0], fds[1], fds[2], fds[3]));
+        command.env(
+            FDS_VAR,
+            format!("{},{},{},{}", fds[0], fds[1], fds[2], fds[3]),
+        );
         if !env.cwd.is_empty() {
             command.current_dir(OsStr::from_bytes(&env.cwd));
         }
@@ -451,10 +523,18 @@ impl Bridge {
         unsafe {
             command.pre_exec(move || fds.iter().try_for_each(|&fd| sys::clear_cloexec(fd)));
         }
-        let child = command.spawn().map_err(|e| failed("cannot start the process", e))?;
+        let child = command
+            .spawn()
+            .map_err(|e| failed("cannot start the process", e))?;
         drop((monitor_end, control_end, listener, start));
         let monitor_os_pid = OsPid(child.id() as i32);
-        if let Err(error) = self.add_process(pid, monitor_os_pid, resources, monitor_bridge, control_bridge) {
+        if let Err(error) = self.add_process(
+            pid,
+            monitor_os_pid,
+            resources,
+            monitor_bridge,
+            control_bridge,
+        ) {
             let _ = sys::kill(monitor_os_pid, libc::SIGKILL);
             return Err(failed("watching the new process", error));
         }
@@ -472,17 +552,19 @@ fn drain_signals(pipe: &mut UnixStream) {
 /// Copies the bridge's stdin to the top process, on a thread of its own so a
 /// terminal is read with plain blocking reads.
 fn forward_stdin(stdin: OwnedFd) {
-    let _ = std::thread::Builder::new().name("constellation-stdin".into()).spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match sys::read(0, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if sys::write_all(stdin.as_raw_fd(), &buf[..n]).is_err() {
-                        break;
+    let _ = std::thread::Builder::new()
+        .name("constellation-stdin".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match sys::read(0, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if sys::write_all(stdin.as_raw_fd(), &buf[..n]).is_err() {
+                            break;
+                        }
                     }
                 }
             }
-        }
-    });
+        });
 }

@@ -25,7 +25,12 @@ fn write(fd: i32, bytes: &[u8]) {
 
 impl Printer {
     pub(crate) fn new(json: bool) -> Printer {
-        Printer { json, colour: !json && sys::is_terminal(STDERR), current: None, mid_line: false }
+        Printer {
+            json,
+            colour: !json && sys::is_terminal(STDERR),
+            current: None,
+            mid_line: false,
+        }
     }
 
     fn event(&self, value: Value) {
@@ -60,7 +65,11 @@ impl Printer {
             write(STDERR, b"\n");
             self.mid_line = false;
         }
-        let line = if self.colour { format!("   \x1b[2m{text}\x1b[0m\n") } else { format!("   {text}\n") };
+        let line = if self.colour {
+            format!("   \x1b[2m{text}\x1b[0m\n")
+        } else {
+            format!("   {text}\n")
+        };
         write(STDERR, line.as_bytes());
     }
 
@@ -135,7 +144,9 @@ fn status_json(status: &ExitStatus) -> Value {
         ExitStatus::Code(code) => json!({"code": code}),
         ExitStatus::Signal(signal) => json!({"signal": signal}),
         ExitStatus::Panicked(message) => json!({"code": 101, "panic": message}),
-        ExitStatus::MemoryExceeded(limit) => json!({"signal": libc::SIGKILL, "memory_exceeded": limit.bytes()}),
+        ExitStatus::MemoryExceeded(limit) => {
+            json!({"signal": libc::SIGKILL, "memory_exceeded": limit.bytes()})
+        }
         ExitStatus::KilledBy(pid) => json!({"signal": libc::SIGKILL, "killed_by": pid.tag()}),
         ExitStatus::Lost => json!({"signal": libc::SIGKILL, "lost": true}),
         ExitStatus::NoProc => json!({"code": 1, "noproc": true}),

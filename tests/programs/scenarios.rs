@@ -8,7 +8,10 @@ use std::{
 };
 
 fn small() -> Resources {
-    Resources { mem: 30 * Mem::MIB, ..Resources::default() }
+    Resources {
+        mem: 30 * Mem::MIB,
+        ..Resources::default()
+    }
 }
 
 /// Sends 256 MiB in 64 KiB values, then prints its peak resident memory.
@@ -18,7 +21,11 @@ fn flood(parent: Pid) {
         sender.send(vec![7u8; 64 * 1024]).block();
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_string();
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap()
+        .to_string();
     drop(sender);
     println!("{peak}");
 }
@@ -50,17 +57,24 @@ fn main() {
     init(Resources::default());
     match scenario.as_str() {
         "exit_code" => {
-            let code = std::env::args().nth(2).and_then(|c| c.parse().ok()).unwrap_or(1);
+            let code = std::env::args()
+                .nth(2)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
             println!("exiting with {code}");
             std::process::exit(code);
         }
         "panic_child" => {
-            let child = spawn(small(), FnOnce!(|_parent: Pid| panic!("boom"))).block().unwrap();
+            let child = spawn(small(), FnOnce!(|_parent: Pid| panic!("boom")))
+                .block()
+                .unwrap();
             let result = Receiver::<u64>::new(child).recv().block();
             println!("recv: {result:?}");
         }
         "abort_child" => {
-            let child = spawn(small(), FnOnce!(|_parent: Pid| std::process::abort())).block().unwrap();
+            let child = spawn(small(), FnOnce!(|_parent: Pid| std::process::abort()))
+                .block()
+                .unwrap();
             println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
         }
         "binary_output" => {
@@ -75,7 +89,11 @@ fn main() {
                 FnOnce!(|parent: Pid| {
                     let args: Vec<String> = std::env::args().collect();
                     let vars: Vec<String> = std::env::vars()
-                        .filter(|(k, _)| k.starts_with("SCENARIO_") || k == "SET_AT_RUNTIME" || k.starts_with("CONSTELLATION_"))
+                        .filter(|(k, _)| {
+                            k.starts_with("SCENARIO_")
+                                || k == "SET_AT_RUNTIME"
+                                || k.starts_with("CONSTELLATION_")
+                        })
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
                     let cwd = std::env::current_dir().unwrap();
@@ -86,7 +104,10 @@ fn main() {
             )
             .block()
             .unwrap();
-            let (args, mut vars, cwd) = Receiver::<(Vec<String>, Vec<String>, String)>::new(child).recv().block().unwrap();
+            let (args, mut vars, cwd) = Receiver::<(Vec<String>, Vec<String>, String)>::new(child)
+                .recv()
+                .block()
+                .unwrap();
             vars.sort();
             println!("args: {}", args[1..].join(" "));
             println!("vars: {}", vars.join(" "));
@@ -127,7 +148,9 @@ fn main() {
                 small(),
                 FnOnce!(|parent: Pid| {
                     std::thread::sleep(Duration::from_millis(200));
-                    Sender::<String>::new(parent).send("slow".to_string()).block();
+                    Sender::<String>::new(parent)
+                        .send("slow".to_string())
+                        .block();
                 }),
             )
             .block()
@@ -210,7 +233,10 @@ fn main() {
         }
         "slow_receiver" => {
             let child = spawn(
-                Resources { mem: 100 * Mem::MIB, ..Resources::default() },
+                Resources {
+                    mem: 100 * Mem::MIB,
+                    ..Resources::default()
+                },
                 FnOnce!(|parent: Pid| flood(parent)),
             )
             .block()
@@ -227,7 +253,9 @@ fn main() {
             let child = spawn(
                 small(),
                 FnOnce!(|parent: Pid| {
-                    Sender::<String>::new(parent).send("text".to_string()).block();
+                    Sender::<String>::new(parent)
+                        .send("text".to_string())
+                        .block();
                 }),
             )
             .block()
@@ -238,17 +266,30 @@ fn main() {
             let count = 200u64;
             let spawns = (0..count).map(|i| {
                 spawn(
-                    Resources { mem: 20 * Mem::MIB, ..Resources::default() },
+                    Resources {
+                        mem: 20 * Mem::MIB,
+                        ..Resources::default()
+                    },
                     FnOnce!(move |parent: Pid| Sender::<u64>::new(parent).send(i).block()),
                 )
             });
-            let children: Vec<Pid> = join_all(spawns).block().into_iter().map(|r| r.unwrap()).collect();
-            let sum: u64 = children.iter().map(|&c| Receiver::<u64>::new(c).recv().block().unwrap()).sum();
+            let children: Vec<Pid> = join_all(spawns)
+                .block()
+                .into_iter()
+                .map(|r| r.unwrap())
+                .collect();
+            let sum: u64 = children
+                .iter()
+                .map(|&c| Receiver::<u64>::new(c).recv().block().unwrap())
+                .sum();
             println!("{} children, sum {sum}", children.len());
         }
         "memory_limit" => {
             let child = spawn(
-                Resources { mem: 50 * Mem::MIB, ..Resources::default() },
+                Resources {
+                    mem: 50 * Mem::MIB,
+                    ..Resources::default()
+                },
                 FnOnce!(|_parent: Pid| hog_memory()),
             )
             .block()
@@ -256,10 +297,18 @@ fn main() {
             println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
         }
         "capacity" => {
-            let huge = Resources { mem: 64 * Mem::TIB, ..Resources::default() };
+            let huge = Resources {
+                mem: 64 * Mem::TIB,
+                ..Resources::default()
+            };
             let refused = try_spawn(huge, FnOnce!(|_parent: Pid| {})).block();
             println!("try_spawn: {refused:?}");
-            let child = spawn(huge, FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(1).block())).block().unwrap();
+            let child = spawn(
+                huge,
+                FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(1).block()),
+            )
+            .block()
+            .unwrap();
             println!("spawn: {:?}", Receiver::<u64>::new(child).recv().block());
         }
         "sleepers" => {

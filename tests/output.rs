@@ -1,0 +1,53 @@
+//! Output is carried exactly: any bytes, on the stream they were written to; and
+//! the top process reads the job's stdin.
+mod util;
+use util::Job;
+
+#[test]
+fn all_256_byte_values_are_preserved_in_json() {
+    let job = Job::new("scenarios", &["binary_output"]).run();
+    let top = job.top();
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(job.output(&top, 1), all);
+    assert_eq!(job.output(&top, 2), all);
+}
+
+#[test]
+fn all_256_byte_values_are_preserved_on_stdout_in_human_format() {
+    let job = Job::new("scenarios", &["binary_output"]).human().run();
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(job.stdout, all, "stdout carries exactly the bytes written");
+    // stderr has the bridge's header and indents around the same bytes.
+    let stderr = &job.stderr;
+    let without_indents: Vec<u8> = String::from_utf8_lossy(stderr).into_owned().into_bytes();
+    assert!(without_indents.len() > 256);
+    assert!(
+        stderr.windows(10).any(|w| w == &all[246..]),
+        "the bytes are on stderr too"
+    );
+}
+
+#[test]
+fn stdin_reaches_the_top_process() {
+    let job = Job::new("scenarios", &["stdin_echo"])
+        .stdin(b"one\ntwo\n")
+        .run();
+    assert_eq!(job.code, Some(0));
+    assert_eq!(job.stdout_of(&job.top()), "ONE\nTWO\nend of input\n");
+}
+
+#[test]
+fn output_events_mark_closed_streams() {
+    let job = Job::new("hello", &[]).run();
+    let top = job.top();
+    let closes = job
+        .events
+        .iter()
+        .filter(|e| {
+            e["event"] == "output"
+                && e["pid"] == top.as_str()
+                && e["data"].as_array().unwrap().is_empty()
+        })
+        .count();
+    assert_eq!(closes, 2, "one empty output event per closed fd");
+}
