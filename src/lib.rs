@@ -35,6 +35,7 @@ mod codec;
 mod exit_status;
 mod monitor;
 mod net;
+mod outbox;
 mod pid;
 mod proto;
 mod reactor;

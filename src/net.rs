@@ -16,6 +16,7 @@
 
 use crate::{
     codec::{self, CodecError},
+    outbox::Outbox,
     proto::{Reply, Request, KIND_MESSAGE},
     sys, Pid, SpawnError,
 };
@@ -84,8 +85,7 @@ struct Socket {
 pub(crate) struct Peer {
     sock: Option<usize>,
     connecting: Option<usize>,
-    out: Vec<u8>,
-    out_pos: usize,
+    out: Outbox,
     pub(crate) inbound: VecDeque<Inbound>,
     pub(crate) inbound_bytes: usize,
     read_paused: bool,
@@ -111,7 +111,7 @@ impl Peer {
 
     /// Bytes queued by our `Sender` and not yet written.
     pub(crate) fn queued(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.queued()
     }
 }
 
@@ -263,7 +263,10 @@ impl Net {
 
     /// Queues the frame announcing a new `Sender` of values named `type_name`.
     pub(crate) fn open_sender(&mut self, pid: Pid, type_name: &str) {
-        codec::append_raw_frame(&mut self.peer(pid).out, FRAME_OPEN, type_name.as_bytes());
+        let _ = self.peer(pid).out.append(|buf| {
+            codec::append_raw_frame(buf, FRAME_OPEN, type_name.as_bytes());
+            Ok::<(), ()>(())
+        });
         self.mark_dirty(pid);
     }
 
@@ -272,7 +275,10 @@ impl Net {
         let peer = self.peer(pid);
         peer.has_sender = false;
         if !peer.gone() {
-            codec::append_raw_frame(&mut peer.out, FRAME_CLOSE, &[]);
+            let _ = peer.out.append(|buf| {
+                codec::append_raw_frame(buf, FRAME_CLOSE, &[]);
+                Ok::<(), ()>(())
+            });
             self.mark_dirty(pid);
         }
     }
@@ -287,7 +293,7 @@ impl Net {
         if peer.gone() {
             return Ok(());
         }
-        codec::append_frame(&mut peer.out, FRAME_DATA, value)?;
+        peer.out.append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
         self.mark_dirty(pid);
         Ok(())
     }
@@ -322,7 +328,6 @@ impl Net {
         };
         if peer.gone() {
             peer.out.clear();
-            peer.out_pos = 0;
             return;
         }
         let Some(key) = peer.sock else { return };
@@ -340,19 +345,9 @@ impl Net {
                 }
             }
         }
-        while failed.is_none() && peer.out_pos < peer.out.len() {
-            match socket.stream.write(&peer.out[peer.out_pos..]) {
-                Ok(n) => peer.out_pos += n,
-                Err(e) if would_block(&e) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => failed = Some(e),
-            }
-        }
-        if peer.out_pos == peer.out.len() {
-            peer.out.clear();
-            peer.out_pos = 0;
-            if peer.out.capacity() > 4 * SEND_BOUND {
-                peer.out.shrink_to(SEND_BOUND);
+        if failed.is_none() {
+            if let Err(error) = peer.out.write_to(&mut socket.stream) {
+                failed = Some(error);
             }
         }
         if peer.queued() < before {
@@ -697,8 +692,7 @@ impl Net {
     fn peer_closed(&mut self, pid: Pid) {
         let peer = self.peer(pid);
         peer.closed = true;
-        peer.out = Vec::new();
-        peer.out_pos = 0;
+        peer.out.clear();
         if let Some(key) = peer.sock.take() {
             self.drop_socket(key);
         }

@@ -14,11 +14,14 @@ fn small() -> Resources {
     }
 }
 
-/// Sends 256 MiB in 64 KiB values, then prints its peak resident memory.
+/// Sends 256 MiB in 64 KiB and 1 MiB values, then prints its peak resident memory.
 fn flood(parent: Pid) {
     let sender = Sender::<Vec<u8>>::new(parent);
-    for _ in 0..4096 {
+    for _ in 0..2048 {
         sender.send(vec![7u8; 64 * 1024]).block();
+    }
+    for _ in 0..128 {
+        sender.send(vec![7u8; 1024 * 1024]).block();
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let peak = status

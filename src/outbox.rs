@@ -1,0 +1,148 @@
+//! `Outbox`: the frames queued for one peer, as a queue of chunks written with
+//! `writev`. Small frames share a chunk (so writes coalesce); a large value is
+//! serialised once into its chunk and never copied again.
+
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice, Write},
+};
+
+/// Frames are appended to the last chunk until it holds this many bytes.
+const CHUNK: usize = 64 * 1024;
+/// At most this many chunks go into one `writev`.
+const MAX_SLICES: usize = 64;
+
+/// Bytes queued for a peer, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    chunks: VecDeque<Vec<u8>>,
+    /// How much of the first chunk is already written.
+    head_written: usize,
+    /// Bytes queued and not yet written.
+    queued: usize,
+}
+
+impl Outbox {
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Appends frames through `append`, which writes them at the end of the buffer it
+    /// is given and reports how it went; on error it must leave the buffer as it was.
+    pub(crate) fn append<E>(&mut self, append: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        if self.chunks.back().is_none_or(|last| last.len() >= CHUNK) {
+            self.chunks.push_back(Vec::with_capacity(CHUNK));
+        }
+        let last = self.chunks.back_mut().expect("pushed above");
+        let before = last.len();
+        let result = append(last);
+        self.queued += last.len() - before;
+        result
+    }
+
+    /// Writes as much as `to` takes without blocking. Returns whether anything
+    /// was written; `WouldBlock` is not an error.
+    pub(crate) fn write_to(&mut self, to: &mut impl Write) -> io::Result<bool> {
+        let mut progressed = false;
+        while self.queued > 0 {
+            let slices: Vec<IoSlice<'_>> = self
+                .chunks
+                .iter()
+                .take(MAX_SLICES)
+                .enumerate()
+                .map(|(i, chunk)| IoSlice::new(if i == 0 { &chunk[self.head_written..] } else { chunk }))
+                .collect();
+            match to.write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    progressed = true;
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progressed)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let first_left = self.chunks[0].len() - self.head_written;
+            if n < first_left {
+                self.head_written += n;
+                return;
+            }
+            n -= first_left;
+            self.chunks.pop_front();
+            self.head_written = 0;
+        }
+        if self.queued == 0 {
+            // Keep one chunk to reuse its allocation.
+            self.chunks.truncate(1);
+            if let Some(first) = self.chunks.front_mut() {
+                first.clear();
+                if first.capacity() > CHUNK {
+                    first.shrink_to(CHUNK);
+                }
+            }
+        }
+    }
+
+    /// Drops everything queued.
+    pub(crate) fn clear(&mut self) {
+        *self = Outbox::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `limit` bytes per call, then would block.
+    struct Trickle {
+        written: Vec<u8>,
+        limit: usize,
+        calls_left: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls_left -= 1;
+            let n = buf.len().min(self.limit);
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_everything_in_order_across_partial_writes() {
+        let mut outbox = Outbox::default();
+        let mut expected = Vec::new();
+        for i in 0..2000u32 {
+            let bytes = vec![(i % 251) as u8; (i as usize * 37) % 3000];
+            expected.extend_from_slice(&bytes);
+            outbox.append(|buf| -> Result<(), ()> {
+                buf.extend_from_slice(&bytes);
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(outbox.queued(), expected.len());
+        let mut sink = Trickle { written: Vec::new(), limit: 5000, calls_left: 0 };
+        while outbox.queued() > 0 {
+            sink.calls_left = 3;
+            outbox.write_to(&mut sink).unwrap();
+        }
+        assert_eq!(sink.written, expected);
+        assert!(outbox.chunks.len() <= 1, "written chunks are released");
+    }
+}
