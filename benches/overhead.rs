@@ -21,11 +21,23 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // The baseline's processes: plain std, no constellation at all.
     if args.get(1).map(String::as_str) == Some(RAW) {
-        raw_child(&args[2], &args[3], args.get(4).map_or(0, |n| n.parse().unwrap()));
+        raw_child(
+            &args[2],
+            &args[3],
+            args.get(4).map_or(0, |n| n.parse().unwrap()),
+        );
         return;
     }
-    init(Resources::default());
-    let wanted: Vec<&str> = args[1..].iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
+    // The top process holds a thousand connections in `fanout_1000`.
+    init(Resources {
+        mem: 2 * Mem::GIB,
+        cpu: Cpu::CORE,
+    });
+    let wanted: Vec<&str> = args[1..]
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let run = |name: &str| wanted.is_empty() || wanted.contains(&name);
     let mut results = Vec::new();
     if run("spawn") {
@@ -46,9 +58,19 @@ fn main() {
     if run("rss") {
         results.push(rss());
     }
-    println!("{:<14} {:>14} {:>14} {:>8}  unit", "scenario", "ours", "baseline", "ratio");
+    println!(
+        "{:<14} {:>14} {:>14} {:>8}  unit",
+        "scenario", "ours", "baseline", "ratio"
+    );
     for r in &results {
-        println!("{:<14} {:>14.1} {:>14.1} {:>8.2}  {}", r.name, r.ours, r.baseline, r.ours / r.baseline, r.unit);
+        println!(
+            "{:<14} {:>14.1} {:>14.1} {:>8.2}  {}",
+            r.name,
+            r.ours,
+            r.baseline,
+            r.ours / r.baseline,
+            r.unit
+        );
     }
     for r in &results {
         println!(
@@ -75,7 +97,10 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 fn small() -> Resources {
-    Resources { mem: 20 * Mem::MIB, cpu: Cpu::CORE / 16 }
+    Resources {
+        mem: 20 * Mem::MIB,
+        cpu: Cpu::CORE / 16,
+    }
 }
 
 // ---- the raw baseline's child process ----
@@ -105,7 +130,9 @@ fn raw_child(mode: &str, addr: &str, n: u64) {
         "big" => {
             let payload = vec![7u8; 1 << 20];
             for _ in 0..n {
-                stream.write_all(&(payload.len() as u32).to_le_bytes()).unwrap();
+                stream
+                    .write_all(&(payload.len() as u32).to_le_bytes())
+                    .unwrap();
                 stream.write_all(&payload).unwrap();
             }
         }
@@ -119,14 +146,21 @@ fn raw_child(mode: &str, addr: &str, n: u64) {
 
 fn raw_spawn(mode: &str, listener: &TcpListener, n: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([RAW, mode, &listener.local_addr().unwrap().to_string(), &n.to_string()])
+        .args([
+            RAW,
+            mode,
+            &listener.local_addr().unwrap().to_string(),
+            &n.to_string(),
+        ])
         .stdin(Stdio::null())
         .spawn()
         .expect("spawning the raw child")
 }
 
 fn loopback() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").unwrap()
+    // A backlog for the thousand raw children of `fanout_1000`.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket
 }
 
 fn accept(listener: &TcpListener) -> TcpStream {
@@ -151,9 +185,12 @@ fn spawn_latency() -> Figure {
     let listener = loopback();
     for _ in 0..200 {
         let start = Instant::now();
-        let child = spawn(small(), FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(42).block()))
-            .block()
-            .unwrap();
+        let child = spawn(
+            small(),
+            FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(42).block()),
+        )
+        .block()
+        .unwrap();
         let value = Receiver::<u64>::new(child).recv().block().unwrap();
         ours.push(start.elapsed().as_secs_f64() * 1e3);
         assert_eq!(value, 42);
@@ -165,7 +202,12 @@ fn spawn_latency() -> Figure {
         raw.push(start.elapsed().as_secs_f64() * 1e3);
         child.wait().unwrap();
     }
-    Figure { name: "spawn", ours: median(ours), baseline: median(raw), unit: "ms" }
+    Figure {
+        name: "spawn",
+        ours: median(ours),
+        baseline: median(raw),
+        unit: "ms",
+    }
 }
 
 fn rtt() -> Figure {
@@ -206,7 +248,12 @@ fn rtt() -> Figure {
     }
     drop(raw_stream);
     child.wait().unwrap();
-    Figure { name: "rtt", ours: median(ours), baseline: median(raw), unit: "us" }
+    Figure {
+        name: "rtt",
+        ours: median(ours),
+        baseline: median(raw),
+        unit: "us",
+    }
 }
 
 fn stream_small() -> Figure {
@@ -248,7 +295,12 @@ fn stream_small() -> Figure {
         assert_eq!(sum, N * (N - 1) / 2);
         child.wait().unwrap();
     }
-    Figure { name: "stream_small", ours: median(ours), baseline: median(raw), unit: "msg/s" }
+    Figure {
+        name: "stream_small",
+        ours: median(ours),
+        baseline: median(raw),
+        unit: "msg/s",
+    }
 }
 
 fn stream_1mib() -> Figure {
@@ -258,7 +310,10 @@ fn stream_1mib() -> Figure {
     let listener = loopback();
     for _ in 0..RUNS {
         let child = spawn(
-            Resources { mem: 100 * Mem::MIB, ..small() },
+            Resources {
+                mem: 100 * Mem::MIB,
+                ..small()
+            },
             FnOnce!(|parent: Pid| send_big(parent, N)),
         )
         .block()
@@ -286,7 +341,12 @@ fn stream_1mib() -> Figure {
         child.wait().unwrap();
     }
     // Higher is better for throughput: the ratio is ours / baseline all the same.
-    Figure { name: "stream_1mib", ours: median(ours), baseline: median(raw), unit: "MB/s" }
+    Figure {
+        name: "stream_1mib",
+        ours: median(ours),
+        baseline: median(raw),
+        unit: "MB/s",
+    }
 }
 
 fn send_big(parent: Pid, n: u64) {
@@ -301,11 +361,18 @@ fn fanout() -> Figure {
     let start = Instant::now();
     let spawns = (0..N).map(|i| {
         spawn(
-            Resources { mem: 16 * Mem::MIB, cpu: Cpu::CORE / 16 },
+            Resources {
+                mem: 16 * Mem::MIB,
+                cpu: Cpu::CORE / 16,
+            },
             FnOnce!(move |parent: Pid| Sender::<u64>::new(parent).send(i as u64).block()),
         )
     });
-    let children: Vec<Pid> = join_all(spawns).block().into_iter().map(Result::unwrap).collect();
+    let children: Vec<Pid> = join_all(spawns)
+        .block()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let replies = join_all(children.iter().map(|&c| async move {
         let receiver = Receiver::<u64>::new(c);
         receiver.recv().await.unwrap()
@@ -313,6 +380,14 @@ fn fanout() -> Figure {
     .block();
     let ours = start.elapsed().as_secs_f64() * 1e3;
     assert_eq!(replies.len(), N);
+    eprintln!(
+        "fanout: top process VmHWM {} kB",
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .unwrap_or_default()
+    );
 
     let listener = loopback();
     let start = Instant::now();
@@ -323,7 +398,12 @@ fn fanout() -> Figure {
     }
     let raw = start.elapsed().as_secs_f64() * 1e3;
     children.iter_mut().for_each(|c| drop(c.wait()));
-    Figure { name: "fanout_1000", ours, baseline: raw, unit: "ms" }
+    Figure {
+        name: "fanout_1000",
+        ours,
+        baseline: raw,
+        unit: "ms",
+    }
 }
 
 fn rss() -> Figure {
@@ -350,5 +430,10 @@ fn rss() -> Figure {
     stream.read_exact(&mut buf).unwrap();
     drop(stream);
     child.wait().unwrap();
-    Figure { name: "rss", ours: ours as f64, baseline: u64::from_le_bytes(buf) as f64, unit: "kB" }
+    Figure {
+        name: "rss",
+        ours: ours as f64,
+        baseline: u64::from_le_bytes(buf) as f64,
+        unit: "kB",
+    }
 }

@@ -73,9 +73,8 @@ enum Phase {
 struct Socket {
     stream: TcpStream,
     phase: Phase,
-    /// Received bytes: `rbuf[..filled]` holds the ones not yet handled.
-    rbuf: Vec<u8>,
-    filled: usize,
+    /// The start of a frame not yet complete.
+    partial: Vec<u8>,
     /// Handshake bytes, written before any of the peer's frames.
     ctl_out: Vec<u8>,
 }
@@ -143,6 +142,8 @@ pub(crate) struct Net {
     control: Control,
     pub(crate) spawns: HashMap<u64, SpawnSlot>,
     next_spawn_id: u64,
+    /// Where reads land first (see `read_socket`).
+    scratch: Vec<u8>,
     /// Wakers to call once the lock is released.
     pub(crate) to_wake: Vec<Waker>,
 }
@@ -181,6 +182,7 @@ impl Net {
             },
             spawns: HashMap::new(),
             next_spawn_id: 0,
+            scratch: Vec::new(),
             to_wake: Vec::new(),
         })
     }
@@ -254,8 +256,7 @@ impl Net {
         entry.insert(Socket {
             stream,
             phase: Phase::AwaitReply(pid),
-            rbuf: Vec::new(),
-            filled: 0,
+            partial: Vec::new(),
             ctl_out,
         });
         self.peer(pid).connecting = Some(key);
@@ -293,7 +294,8 @@ impl Net {
         if peer.gone() {
             return Ok(());
         }
-        peer.out.append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
+        peer.out
+            .append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
         self.mark_dirty(pid);
         Ok(())
     }
@@ -409,8 +411,7 @@ impl Net {
                             entry.insert(Socket {
                                 stream,
                                 phase: Phase::AwaitHello,
-                                rbuf: Vec::new(),
-                                filled: 0,
+                                partial: Vec::new(),
                                 ctl_out: Vec::new(),
                             });
                             self.read_socket(key);
@@ -463,6 +464,10 @@ impl Net {
 
     /// Reads from socket `key` until it would block, its peer's buffer is full, or
     /// it ends, and handles every complete frame.
+    ///
+    /// Reads go into the shared scratch buffer; only the start of a frame that is
+    /// not complete yet is kept in the socket's own buffer, which then receives the
+    /// rest of that frame directly. So an idle connection holds no buffer.
     fn read_socket(&mut self, key: usize) {
         loop {
             if let Phase::Established(pid) = self.sockets[key].phase {
@@ -477,90 +482,90 @@ impl Net {
                 peer.read_paused = false;
             }
             let socket = &mut self.sockets[key];
-            let filled = socket.filled;
-            let want = codec::frame_len(&socket.rbuf[..filled])
-                .map_or(READ_CHUNK, |n| n.saturating_sub(filled))
+            let own = !socket.partial.is_empty();
+            let mut buf = if own {
+                std::mem::take(&mut socket.partial)
+            } else {
+                std::mem::take(&mut self.scratch)
+            };
+            let want = codec::frame_len(&buf)
+                .map_or(READ_CHUNK, |n| n.saturating_sub(buf.len()))
                 .clamp(READ_CHUNK, codec::MAX_FRAME);
-            if socket.rbuf.len() < filled + want {
-                socket.rbuf.resize(filled + want, 0);
+            let result = sys::read_spare(socket.stream.as_raw_fd(), &mut buf, want);
+            let (handled, keep) = self.handle_frames(key, &buf);
+            if let Some(socket) = self.sockets.get_mut(key) {
+                if own {
+                    buf.drain(..handled);
+                    socket.partial = if buf.is_empty() {
+                        Vec::new()
+                    } else {
+                        std::mem::take(&mut buf)
+                    };
+                } else {
+                    socket.partial.extend_from_slice(&buf[handled..]);
+                }
             }
-            let result = socket.stream.read(&mut socket.rbuf[filled..]);
-            socket.filled += *result.as_ref().unwrap_or(&0);
+            if !own {
+                buf.clear();
+                self.scratch = buf;
+            }
             match result {
-                Ok(0) => {
-                    self.handle_frames(key);
-                    self.on_eof(key);
-                    return;
-                }
-                Ok(_) => {
-                    if !self.handle_frames(key) {
-                        return;
-                    }
-                }
+                Ok(0) => return self.on_eof(key),
+                Ok(_) if keep => {}
+                Ok(_) => return,
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
                     log::debug!("reading a connection: {error}");
-                    self.handle_frames(key);
-                    self.on_eof(key);
-                    return;
+                    return self.on_eof(key);
                 }
             }
         }
     }
 
-    /// Handles the complete frames in socket `key`'s buffer. Returns false if the
-    /// socket was closed on the way.
-    fn handle_frames(&mut self, key: usize) -> bool {
+    /// Handles the complete frames at the start of `buf`, read from socket `key`.
+    /// Returns how many bytes they took, and false if the socket was closed.
+    fn handle_frames(&mut self, key: usize, buf: &[u8]) -> (usize, bool) {
         let mut pos = 0;
-        let keep = loop {
-            let Some(socket) = self.sockets.get(key) else {
-                return false;
-            };
-            let frame = match codec::next_frame(&socket.rbuf[pos..socket.filled]) {
+        loop {
+            if !self.sockets.contains(key) {
+                return (pos, false);
+            }
+            let frame = match codec::next_frame(&buf[pos..]) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => break true,
+                Ok(None) => return (pos, true),
                 Err(error) => {
                     log::warn!("closing a connection that sent a corrupt frame: {error}");
-                    let phase = socket.phase;
+                    let phase = self.sockets[key].phase;
                     self.drop_socket(key);
                     if let Phase::Established(pid) | Phase::AwaitReply(pid) = phase {
                         self.on_connection_lost(pid, key);
                     }
-                    return false;
+                    return (pos, false);
                 }
             };
-            let payload = pos + frame.payload.start..pos + frame.payload.end;
+            let payload = &buf[pos + frame.payload.start..pos + frame.payload.end];
             pos += frame.len;
             if !self.handle_frame(key, frame.kind, payload) {
-                break false;
-            }
-        };
-        if let Some(socket) = self.sockets.get_mut(key) {
-            socket.rbuf.copy_within(pos..socket.filled, 0);
-            socket.filled -= pos;
-            if socket.filled == 0 && socket.rbuf.len() > 4 * READ_CHUNK {
-                socket.rbuf = Vec::new();
+                return (pos, false);
             }
         }
-        keep
     }
 
-    fn handle_frame(&mut self, key: usize, kind: u8, payload: std::ops::Range<usize>) -> bool {
+    fn handle_frame(&mut self, key: usize, kind: u8, payload: &[u8]) -> bool {
         let phase = self.sockets[key].phase;
         match (phase, kind) {
             (Phase::Established(pid), FRAME_OPEN | FRAME_DATA | FRAME_CLOSE) => {
-                let bytes = &self.sockets[key].rbuf[payload];
                 let item = match kind {
-                    FRAME_OPEN => Inbound::Open(String::from_utf8_lossy(bytes).into_owned()),
-                    FRAME_DATA => Inbound::Data(bytes.to_vec()),
+                    FRAME_OPEN => Inbound::Open(String::from_utf8_lossy(payload).into_owned()),
+                    FRAME_DATA => Inbound::Data(payload.to_vec()),
                     _ => Inbound::Close,
                 };
                 let peer = self
                     .peers
                     .get_mut(&pid)
                     .expect("established sockets have peers");
-                peer.inbound_bytes += bytes.len();
+                peer.inbound_bytes += payload.len();
                 peer.inbound.push_back(item);
                 if let Some(waker) = peer.recv_waker.take() {
                     self.to_wake.push(waker);
@@ -568,7 +573,7 @@ impl Net {
                 true
             }
             (Phase::AwaitHello, FRAME_HELLO) => {
-                let hello = codec::decode::<(Pid, Pid, u64)>(&self.sockets[key].rbuf[payload]);
+                let hello = codec::decode::<(Pid, Pid, u64)>(payload);
                 self.on_hello(key, hello)
             }
             (Phase::AwaitReply(pid), FRAME_ACCEPT) => {
@@ -591,7 +596,7 @@ impl Net {
                 false
             }
             (Phase::AwaitReply(pid), FRAME_REFUSE) => {
-                let reason = String::from_utf8_lossy(&self.sockets[key].rbuf[payload]).into_owned();
+                let reason = String::from_utf8_lossy(payload).into_owned();
                 log::warn!("process {pid} refused our connection: {reason}");
                 self.drop_socket(key);
                 self.peer_closed(pid);

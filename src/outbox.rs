@@ -9,6 +9,8 @@ use std::{
 
 /// Frames are appended to the last chunk until it holds this many bytes.
 const CHUNK: usize = 64 * 1024;
+/// An emptied chunk up to this size is kept for reuse.
+const KEEP: usize = 16 * 1024;
 /// At most this many chunks go into one `writev`.
 const MAX_SLICES: usize = 64;
 
@@ -30,9 +32,12 @@ impl Outbox {
 
     /// Appends frames through `append`, which writes them at the end of the buffer it
     /// is given and reports how it went; on error it must leave the buffer as it was.
-    pub(crate) fn append<E>(&mut self, append: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+    pub(crate) fn append<E>(
+        &mut self,
+        append: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
         if self.chunks.back().is_none_or(|last| last.len() >= CHUNK) {
-            self.chunks.push_back(Vec::with_capacity(CHUNK));
+            self.chunks.push_back(Vec::new());
         }
         let last = self.chunks.back_mut().expect("pushed above");
         let before = last.len();
@@ -51,7 +56,13 @@ impl Outbox {
                 .iter()
                 .take(MAX_SLICES)
                 .enumerate()
-                .map(|(i, chunk)| IoSlice::new(if i == 0 { &chunk[self.head_written..] } else { chunk }))
+                .map(|(i, chunk)| {
+                    IoSlice::new(if i == 0 {
+                        &chunk[self.head_written..]
+                    } else {
+                        chunk
+                    })
+                })
                 .collect();
             match to.write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -80,12 +91,12 @@ impl Outbox {
             self.head_written = 0;
         }
         if self.queued == 0 {
-            // Keep one chunk to reuse its allocation.
+            // Keep one small chunk to reuse its allocation; an idle peer holds little.
             self.chunks.truncate(1);
             if let Some(first) = self.chunks.front_mut() {
                 first.clear();
-                if first.capacity() > CHUNK {
-                    first.shrink_to(CHUNK);
+                if first.capacity() > KEEP {
+                    self.chunks.clear();
                 }
             }
         }
@@ -130,19 +141,55 @@ mod tests {
         for i in 0..2000u32 {
             let bytes = vec![(i % 251) as u8; (i as usize * 37) % 3000];
             expected.extend_from_slice(&bytes);
-            outbox.append(|buf| -> Result<(), ()> {
-                buf.extend_from_slice(&bytes);
-                Ok(())
-            })
-            .unwrap();
+            outbox
+                .append(|buf| -> Result<(), ()> {
+                    buf.extend_from_slice(&bytes);
+                    Ok(())
+                })
+                .unwrap();
         }
         assert_eq!(outbox.queued(), expected.len());
-        let mut sink = Trickle { written: Vec::new(), limit: 5000, calls_left: 0 };
+        let mut sink = Trickle {
+            written: Vec::new(),
+            limit: 5000,
+            calls_left: 0,
+        };
         while outbox.queued() > 0 {
             sink.calls_left = 3;
             outbox.write_to(&mut sink).unwrap();
         }
         assert_eq!(sink.written, expected);
         assert!(outbox.chunks.len() <= 1, "written chunks are released");
+    }
+
+    #[test]
+    fn memory_stays_bounded_when_the_queue_never_empties() {
+        // A steady stream the socket takes a little slower than it comes: the queue
+        // is never empty, yet written chunks must be released as they go.
+        let mut outbox = Outbox::default();
+        let mut sink = Trickle {
+            written: Vec::new(),
+            limit: 900 * 1024,
+            calls_left: 0,
+        };
+        let value = vec![1u8; 1024 * 1024];
+        for _ in 0..300 {
+            outbox
+                .append(|buf| -> Result<(), ()> {
+                    buf.extend_from_slice(&value);
+                    Ok(())
+                })
+                .unwrap();
+            sink.calls_left = 1;
+            outbox.write_to(&mut sink).unwrap();
+            sink.written.clear();
+            let held: usize = outbox.chunks.iter().map(Vec::capacity).sum();
+            assert!(
+                held <= outbox.queued() + 2 * 1024 * 1024,
+                "{held} bytes held for {} queued",
+                outbox.queued()
+            );
+        }
+        assert!(outbox.queued() > 0);
     }
 }

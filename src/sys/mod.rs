@@ -316,3 +316,17 @@ pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on any fd number is memory-safe.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).map(drop)
 }
+
+/// Reads up to `want` bytes from `fd` into the spare capacity of `buf`, growing it
+/// as needed and never zero-filling; returns the count (0 is end of file).
+pub(crate) fn read_spare(fd: RawFd, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    buf.reserve(want);
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(want);
+    // SAFETY: `spare` is writable memory of at least `len` bytes owned by `buf`;
+    // read writes at most `len` bytes into it.
+    let n = cvt(unsafe { libc::read(fd, spare.as_mut_ptr().cast(), len) })? as usize;
+    // SAFETY: read initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}

@@ -14,14 +14,13 @@ fn small() -> Resources {
     }
 }
 
-/// Sends 256 MiB in 64 KiB and 1 MiB values, then prints its peak resident memory.
+/// Sends 256 MiB in 1 MiB values (strings: quick to encode even unoptimised),
+/// then prints its peak resident memory.
 fn flood(parent: Pid) {
-    let sender = Sender::<Vec<u8>>::new(parent);
-    for _ in 0..2048 {
-        sender.send(vec![7u8; 64 * 1024]).block();
-    }
-    for _ in 0..128 {
-        sender.send(vec![7u8; 1024 * 1024]).block();
+    let sender = Sender::<String>::new(parent);
+    let value = "x".repeat(1024 * 1024);
+    for _ in 0..256 {
+        sender.send(value.clone()).block();
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let peak = status
@@ -245,10 +244,11 @@ fn main() {
             .block()
             .unwrap();
             std::thread::sleep(Duration::from_secs(1));
-            let receiver = Receiver::<Vec<u8>>::new(child);
+            let receiver = Receiver::<String>::new(child);
             let mut total = 0usize;
             while let Ok(chunk) = receiver.recv().block() {
                 total += chunk.len();
+                std::thread::sleep(Duration::from_millis(2));
             }
             println!("received {} MiB", total >> 20);
         }
