@@ -1,8 +1,10 @@
 //! Running futures on the current thread (`Block`), and time: `sleep`, `timeout`.
 
-use crate::{reactor::TimerSlot, runtime};
+use crate::{reactor::TimerSlot, runtime, sys};
 use std::{
+    cell::Cell,
     future::Future,
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     pin::{pin, Pin},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -13,9 +15,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Wakes a thread blocked in [`Block::block`]: it either sleeps in `park`, or in
+/// `poll` on the socket it waits for plus its eventfd (so a message wakes it
+/// straight from the kernel, without a hop through the I/O thread).
 struct ThreadWaker {
     thread: Thread,
     notified: AtomicBool,
+    polling: AtomicBool,
+    eventfd: Option<Arc<OwnedFd>>,
 }
 
 impl Wake for ThreadWaker {
@@ -23,10 +30,28 @@ impl Wake for ThreadWaker {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.notified.swap(true, Ordering::Release) {
-            self.thread.unpark();
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            match &self.eventfd {
+                Some(fd) if self.polling.load(Ordering::SeqCst) => {
+                    sys::eventfd_signal(fd.as_raw_fd())
+                }
+                _ => self.thread.unpark(),
+            }
         }
     }
+}
+
+thread_local! {
+    /// The socket the future being blocked on waits to read, if it is one.
+    static WAIT_FD: Cell<Option<RawFd>> = const { Cell::new(None) };
+    /// This thread's eventfd for waking it out of `poll`.
+    static EVENTFD: Option<Arc<OwnedFd>> = sys::eventfd().ok().map(Arc::new);
+}
+
+/// Notes that the current task waits for `fd` to become readable, so a thread
+/// blocked on it can wait in `poll` on the socket itself.
+pub(crate) fn waiting_on(fd: RawFd) {
+    WAIT_FD.with(|wait| wait.set(Some(fd)));
 }
 
 /// Runs a future to completion on the current thread.
@@ -40,26 +65,46 @@ impl Wake for ThreadWaker {
 /// assert_eq!(async { 6 * 7 }.block(), 42);
 /// ```
 pub trait Block: Future {
-    /// Polls the future on this thread, parking it while the future waits.
+    /// Polls the future on this thread, sleeping while the future waits.
     fn block(self) -> Self::Output
     where
         Self: Sized,
     {
+        let eventfd = EVENTFD.with(Clone::clone);
         let waker_state = Arc::new(ThreadWaker {
             thread: thread::current(),
             notified: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
+            eventfd: eventfd.clone(),
         });
         let waker = Waker::from(waker_state.clone());
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(self);
         loop {
+            WAIT_FD.with(|wait| wait.set(None));
             if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
                 return output;
             }
             // Whatever was queued goes out before this thread sleeps.
             runtime::flush_queued();
-            while !waker_state.notified.swap(false, Ordering::Acquire) {
-                thread::park();
+            match (WAIT_FD.with(Cell::take), &eventfd) {
+                (Some(socket), Some(eventfd)) => {
+                    waker_state.polling.store(true, Ordering::SeqCst);
+                    if !waker_state.notified.swap(false, Ordering::SeqCst) {
+                        let _ = sys::poll(
+                            &[(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)],
+                            None,
+                        );
+                        waker_state.notified.store(false, Ordering::SeqCst);
+                    }
+                    waker_state.polling.store(false, Ordering::SeqCst);
+                    sys::eventfd_clear(eventfd.as_raw_fd());
+                }
+                _ => {
+                    while !waker_state.notified.swap(false, Ordering::Acquire) {
+                        thread::park();
+                    }
+                }
             }
         }
     }

@@ -18,7 +18,7 @@
 
 use crate::{
     codec,
-    net::{Inbound, RECV_BOUND, SEND_BOUND},
+    net::{FRAME_CLOSE, FRAME_DATA, FRAME_OPEN, RECV_BOUND, SEND_BOUND},
     runtime, Pid,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -364,62 +364,62 @@ impl<T: DeserializeOwned> Receiver<T> {
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
-        loop {
-            let next = runtime::with_net(|net| {
-                let mut read = false;
-                loop {
-                    let peer = net.peer(self.pid);
-                    if let Some(item) = peer.inbound.pop_front() {
-                        let paused = peer.inbound_bytes >= RECV_BOUND;
-                        if let Inbound::Data(bytes) = &item {
-                            peer.inbound_bytes -= bytes.len();
-                        } else if let Inbound::Open(name) = &item {
-                            peer.inbound_bytes -= name.len();
-                        }
-                        if paused && peer.inbound_bytes < RECV_BOUND {
-                            net.read_peer(self.pid);
-                        }
-                        return Poll::Ready(Some(item));
+        let expected = std::any::type_name::<T>();
+        runtime::with_net(|net| {
+            let mut read = false;
+            loop {
+                let peer = net.peer(self.pid);
+                let frame = match peer.inbox.next() {
+                    Ok(frame) => frame,
+                    Err(error) => {
+                        net.corrupt(self.pid, &error);
+                        return Poll::Ready(Err(RecvError::Corrupt(error.to_string())));
                     }
+                };
+                let Some((kind, payload)) = frame else {
+                    peer.inbox.tidy();
                     if peer.gone() {
-                        return Poll::Ready(None);
+                        return Poll::Ready(Err(RecvError::PeerEnded));
                     }
                     if read {
                         peer.recv_waker = Some(cx.waker().clone());
+                        if let Some(fd) = net.peer_fd(self.pid) {
+                            crate::block::waiting_on(fd);
+                        }
                         return Poll::Pending;
                     }
                     net.read_peer(self.pid);
                     read = true;
-                }
-            });
-            let item = match next {
-                Poll::Ready(Some(item)) => item,
-                Poll::Ready(None) => return Poll::Ready(Err(RecvError::PeerEnded)),
-                Poll::Pending => return Poll::Pending,
-            };
-            let expected = std::any::type_name::<T>();
-            match item {
-                Inbound::Open(name) => {
-                    let mismatched = name != expected;
-                    runtime::with_net(|net| net.peer(self.pid).mismatched = mismatched);
-                    if mismatched {
-                        return Poll::Ready(Err(RecvError::TypeMismatch {
+                    continue;
+                };
+                let result = match kind {
+                    FRAME_OPEN => {
+                        let found = String::from_utf8_lossy(peer.inbox.bytes(payload));
+                        peer.mismatched = found != expected;
+                        if !peer.mismatched {
+                            continue;
+                        }
+                        Err(RecvError::TypeMismatch {
                             expected: expected.to_owned(),
-                            found: name,
-                        }));
+                            found: found.into_owned(),
+                        })
                     }
-                }
-                Inbound::Data(bytes) => {
-                    if runtime::with_net(|net| net.peer(self.pid).mismatched) {
-                        continue;
+                    FRAME_DATA if peer.mismatched => continue,
+                    FRAME_DATA => codec::decode(peer.inbox.bytes(payload))
+                        .map_err(|e| RecvError::Corrupt(e.to_string())),
+                    FRAME_CLOSE => Err(RecvError::SenderDropped),
+                    other => {
+                        let error = codec::CodecError(format!("unknown frame kind {other}"));
+                        net.corrupt(self.pid, &error);
+                        return Poll::Ready(Err(RecvError::Corrupt(error.0)));
                     }
-                    return Poll::Ready(
-                        codec::decode(&bytes).map_err(|e| RecvError::Corrupt(e.to_string())),
-                    );
+                };
+                if peer.read_paused && peer.inbox.pending() < RECV_BOUND {
+                    net.read_peer(self.pid);
                 }
-                Inbound::Close => return Poll::Ready(Err(RecvError::SenderDropped)),
+                return Poll::Ready(result);
             }
-        }
+        })
     }
 }
 

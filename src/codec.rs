@@ -35,7 +35,34 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecE
 
 /// Decodes a value encoded by [`encode`] or carried in a frame.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if is_byte_vec::<T>() {
+        let vec = decode_byte_vec(bytes)?;
+        // SAFETY: `T` is `Vec<u8>`; the value is moved out of `vec`, which is forgotten.
+        let value = unsafe { std::ptr::read(&vec as *const Vec<u8> as *const T) };
+        std::mem::forget(vec);
+        return Ok(value);
+    }
     Ok(bincode::deserialize(bytes)?)
+}
+
+fn decode_byte_vec(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let (len, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| CodecError("a byte vector without its length".into()))?;
+    let len = u64::from_le_bytes(*len);
+    if len != rest.len() as u64 {
+        return Err(CodecError(format!(
+            "a byte vector of length {len} in {} bytes",
+            rest.len()
+        )));
+    }
+    Ok(rest.to_vec())
+}
+
+/// Whether `T` is `Vec<u8>`, which serde handles a byte at a time: bulk data gets
+/// a bulk path with the same encoding (a `u64` length, then the bytes).
+fn is_byte_vec<T: ?Sized>() -> bool {
+    typeid::of::<T>() == typeid::of::<Vec<u8>>()
 }
 
 /// Appends a frame of `kind` holding `value` to `buf`. On error `buf` is unchanged.
@@ -46,7 +73,12 @@ pub(crate) fn append_frame<T: Serialize + ?Sized>(
 ) -> Result<(), CodecError> {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0, 0, 0, kind]);
-    if let Err(error) = bincode::serialize_into(&mut *buf, value) {
+    if is_byte_vec::<T>() {
+        // SAFETY: `T` is `Vec<u8>` (type ids are equal; `Vec<u8>` has no lifetimes).
+        let bytes = unsafe { &*(value as *const T as *const Vec<u8>) };
+        buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        buf.extend_from_slice(bytes);
+    } else if let Err(error) = bincode::serialize_into(&mut *buf, value) {
         buf.truncate(start);
         return Err(error.into());
     }
@@ -122,6 +154,17 @@ mod tests {
             (9, &b"raw"[..])
         );
         assert!(next_frame(&rest[..3]).unwrap().is_none());
+    }
+
+    #[test]
+    fn byte_vectors_take_the_bulk_path_with_bincodes_encoding() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut fast = Vec::new();
+        append_frame(&mut fast, 2, &bytes).unwrap();
+        assert_eq!(&fast[5..], &bincode::serialize(&bytes).unwrap()[..]);
+        let frame = next_frame(&fast).unwrap().unwrap();
+        assert_eq!(decode::<Vec<u8>>(&fast[frame.payload]).unwrap(), bytes);
+        assert!(decode::<Vec<u8>>(&[1, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod bridge;
 mod channel;
 mod codec;
 mod exit_status;
+mod inbox;
 mod monitor;
 mod net;
 mod outbox;

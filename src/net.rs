@@ -16,7 +16,9 @@
 
 use crate::{
     codec::{self, CodecError},
+    inbox::Inbox,
     outbox::Outbox,
+    pid::PidMap,
     proto::{Reply, Request, KIND_MESSAGE},
     sys, Pid, SpawnError,
 };
@@ -26,9 +28,9 @@ use mio::{
 };
 use slab::Slab;
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     io::{self, Read, Write},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, RawFd},
     task::Waker,
 };
 
@@ -41,23 +43,15 @@ pub(crate) const SEND_BOUND: usize = 1 << 20;
 /// Bytes received and not yet taken by `recv` before reading from the peer pauses.
 pub(crate) const RECV_BOUND: usize = 1 << 20;
 
-const FRAME_OPEN: u8 = 1;
-const FRAME_DATA: u8 = 2;
-const FRAME_CLOSE: u8 = 3;
+pub(crate) const FRAME_OPEN: u8 = 1;
+pub(crate) const FRAME_DATA: u8 = 2;
+pub(crate) const FRAME_CLOSE: u8 = 3;
 const FRAME_HELLO: u8 = 10;
 const FRAME_ACCEPT: u8 = 11;
 const FRAME_REJECT: u8 = 12;
 const FRAME_REFUSE: u8 = 13;
 
 const READ_CHUNK: usize = 64 * 1024;
-
-/// What a peer's `Sender` sent us, in order.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    Open(String),
-    Data(Vec<u8>),
-    Close,
-}
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Phase {
@@ -85,9 +79,8 @@ pub(crate) struct Peer {
     sock: Option<usize>,
     connecting: Option<usize>,
     out: Outbox,
-    pub(crate) inbound: VecDeque<Inbound>,
-    pub(crate) inbound_bytes: usize,
-    read_paused: bool,
+    pub(crate) inbox: Inbox,
+    pub(crate) read_paused: bool,
     /// Our connection attempt was refused or the connection was reset or closed.
     closed: bool,
     /// The bridge says the process has ended.
@@ -137,7 +130,7 @@ pub(crate) struct Net {
     registry: Registry,
     listener: TcpListener,
     sockets: Slab<Socket>,
-    pub(crate) peers: HashMap<Pid, Peer>,
+    pub(crate) peers: PidMap<Peer>,
     dirty: Vec<Pid>,
     control: Control,
     pub(crate) spawns: HashMap<u64, SpawnSlot>,
@@ -172,7 +165,7 @@ impl Net {
             registry,
             listener,
             sockets: Slab::new(),
-            peers: HashMap::new(),
+            peers: PidMap::default(),
             dirty: Vec::new(),
             control: Control {
                 stream: control,
@@ -370,6 +363,12 @@ impl Net {
         }
     }
 
+    /// The fd of `pid`'s established connection.
+    pub(crate) fn peer_fd(&self, pid: Pid) -> Option<RawFd> {
+        let key = self.peers.get(&pid)?.sock?;
+        Some(self.sockets[key].stream.as_raw_fd())
+    }
+
     /// Whether anything is still on its way out: queued frames, handshakes under
     /// way with frames waiting, bytes the kernel has not delivered, requests.
     pub(crate) fn unsent(&self) -> usize {
@@ -462,56 +461,38 @@ impl Net {
         }
     }
 
-    /// Reads from socket `key` until it would block, its peer's buffer is full, or
-    /// it ends, and handles every complete frame.
+    /// Reads from socket `key` until it would block, its peer's inbox is full, or
+    /// it ends.
     ///
-    /// Reads go into the shared scratch buffer; only the start of a frame that is
-    /// not complete yet is kept in the socket's own buffer, which then receives the
-    /// rest of that frame directly. So an idle connection holds no buffer.
+    /// An established connection reads straight into its peer's [`Inbox`], where
+    /// `recv` parses frames in place. A connection still in its handshake reads
+    /// into the shared scratch buffer, keeping only an incomplete frame.
     fn read_socket(&mut self, key: usize) {
         loop {
-            if let Phase::Established(pid) = self.sockets[key].phase {
-                let peer = self
-                    .peers
-                    .get_mut(&pid)
-                    .expect("established sockets have peers");
-                if peer.inbound_bytes >= RECV_BOUND {
-                    peer.read_paused = true;
-                    return;
-                }
-                peer.read_paused = false;
-            }
             let socket = &mut self.sockets[key];
-            let own = !socket.partial.is_empty();
-            let mut buf = if own {
-                std::mem::take(&mut socket.partial)
-            } else {
-                std::mem::take(&mut self.scratch)
-            };
-            let want = codec::frame_len(&buf)
-                .map_or(READ_CHUNK, |n| n.saturating_sub(buf.len()))
-                .clamp(READ_CHUNK, codec::MAX_FRAME);
-            let result = sys::read_spare(socket.stream.as_raw_fd(), &mut buf, want);
-            let (handled, keep) = self.handle_frames(key, &buf);
-            if let Some(socket) = self.sockets.get_mut(key) {
-                if own {
-                    buf.drain(..handled);
-                    socket.partial = if buf.is_empty() {
-                        Vec::new()
-                    } else {
-                        std::mem::take(&mut buf)
-                    };
-                } else {
-                    socket.partial.extend_from_slice(&buf[handled..]);
+            let fd = socket.stream.as_raw_fd();
+            let result = match socket.phase {
+                Phase::Established(pid) => {
+                    let peer = self
+                        .peers
+                        .get_mut(&pid)
+                        .expect("established sockets have peers");
+                    if peer.inbox.pending() >= RECV_BOUND {
+                        peer.read_paused = true;
+                        return;
+                    }
+                    peer.read_paused = false;
+                    let result = peer.inbox.read_from(fd);
+                    if matches!(result, Ok(n) if n > 0) && peer.inbox.has_frame() {
+                        self.to_wake.extend(peer.recv_waker.take());
+                    }
+                    result
                 }
-            }
-            if !own {
-                buf.clear();
-                self.scratch = buf;
-            }
+                Phase::AwaitHello | Phase::AwaitReply(_) => self.read_handshake(key),
+            };
             match result {
                 Ok(0) => return self.on_eof(key),
-                Ok(_) if keep => {}
+                Ok(_) if self.sockets.contains(key) => {}
                 Ok(_) => return,
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -523,58 +504,67 @@ impl Net {
         }
     }
 
-    /// Handles the complete frames at the start of `buf`, read from socket `key`.
-    /// Returns how many bytes they took, and false if the socket was closed.
-    fn handle_frames(&mut self, key: usize, buf: &[u8]) -> (usize, bool) {
+    /// Reads a connection in its handshake and handles its frames; once it is
+    /// established, what follows goes to the peer's inbox.
+    fn read_handshake(&mut self, key: usize) -> io::Result<usize> {
+        let socket = &mut self.sockets[key];
+        let own = !socket.partial.is_empty();
+        let mut buf = if own {
+            std::mem::take(&mut socket.partial)
+        } else {
+            std::mem::take(&mut self.scratch)
+        };
+        let want = codec::frame_len(&buf)
+            .map_or(READ_CHUNK, |n| n.saturating_sub(buf.len()))
+            .max(READ_CHUNK);
+        let result = sys::read_spare(socket.stream.as_raw_fd(), &mut buf, want);
         let mut pos = 0;
-        loop {
-            if !self.sockets.contains(key) {
-                return (pos, false);
-            }
-            let frame = match codec::next_frame(&buf[pos..]) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return (pos, true),
-                Err(error) => {
-                    log::warn!("closing a connection that sent a corrupt frame: {error}");
-                    let phase = self.sockets[key].phase;
-                    self.drop_socket(key);
-                    if let Phase::Established(pid) | Phase::AwaitReply(pid) = phase {
-                        self.on_connection_lost(pid, key);
-                    }
-                    return (pos, false);
-                }
-            };
-            let payload = &buf[pos + frame.payload.start..pos + frame.payload.end];
-            pos += frame.len;
-            if !self.handle_frame(key, frame.kind, payload) {
-                return (pos, false);
-            }
-        }
-    }
-
-    fn handle_frame(&mut self, key: usize, kind: u8, payload: &[u8]) -> bool {
-        let phase = self.sockets[key].phase;
-        match (phase, kind) {
-            (Phase::Established(pid), FRAME_OPEN | FRAME_DATA | FRAME_CLOSE) => {
-                let item = match kind {
-                    FRAME_OPEN => Inbound::Open(String::from_utf8_lossy(payload).into_owned()),
-                    FRAME_DATA => Inbound::Data(payload.to_vec()),
-                    _ => Inbound::Close,
-                };
+        while let Some(socket) = self.sockets.get(key) {
+            if let Phase::Established(pid) = socket.phase {
                 let peer = self
                     .peers
                     .get_mut(&pid)
                     .expect("established sockets have peers");
-                peer.inbound_bytes += payload.len();
-                peer.inbound.push_back(item);
-                if let Some(waker) = peer.recv_waker.take() {
-                    self.to_wake.push(waker);
+                peer.inbox.extend(&buf[pos..]);
+                if peer.inbox.has_frame() {
+                    self.to_wake.extend(peer.recv_waker.take());
                 }
-                true
+                pos = buf.len();
+                break;
             }
+            let frame = match codec::next_frame(&buf[pos..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    log::warn!("closing a connection that sent a corrupt handshake: {error}");
+                    let phase = socket.phase;
+                    self.drop_socket(key);
+                    if let Phase::AwaitReply(pid) = phase {
+                        self.on_connection_lost(pid, key);
+                    }
+                    break;
+                }
+            };
+            let payload = &buf[pos + frame.payload.start..pos + frame.payload.end];
+            pos += frame.len;
+            self.handle_handshake(key, frame.kind, payload);
+        }
+        if let Some(socket) = self.sockets.get_mut(key) {
+            socket.partial = buf[pos..].to_vec();
+        }
+        if !own {
+            buf.clear();
+            self.scratch = buf;
+        }
+        result
+    }
+
+    fn handle_handshake(&mut self, key: usize, kind: u8, payload: &[u8]) {
+        let phase = self.sockets[key].phase;
+        match (phase, kind) {
             (Phase::AwaitHello, FRAME_HELLO) => {
                 let hello = codec::decode::<(Pid, Pid, u64)>(payload);
-                self.on_hello(key, hello)
+                self.on_hello(key, hello);
             }
             (Phase::AwaitReply(pid), FRAME_ACCEPT) => {
                 self.sockets[key].phase = Phase::Established(pid);
@@ -582,7 +572,6 @@ impl Net {
                 peer.connecting = None;
                 peer.sock = Some(key);
                 self.flush_peer(pid);
-                true
             }
             (Phase::AwaitReply(pid), FRAME_REJECT) => {
                 // The connection the peer opened to us wins; it is on its way.
@@ -593,27 +582,32 @@ impl Net {
                     self.wake_peer(pid);
                 }
                 self.flush_peer(pid);
-                false
             }
             (Phase::AwaitReply(pid), FRAME_REFUSE) => {
                 let reason = String::from_utf8_lossy(payload).into_owned();
                 log::warn!("process {pid} refused our connection: {reason}");
                 self.drop_socket(key);
                 self.peer_closed(pid);
-                false
             }
             (phase, kind) => {
-                log::warn!("closing a connection that sent frame kind {kind} in phase {phase:?}");
+                log::warn!(
+                    "closing a connection that sent frame kind {kind} in its handshake ({phase:?})"
+                );
                 self.drop_socket(key);
-                if let Phase::Established(pid) | Phase::AwaitReply(pid) = phase {
+                if let Phase::AwaitReply(pid) = phase {
                     self.on_connection_lost(pid, key);
                 }
-                false
             }
         }
     }
 
-    fn on_hello(&mut self, key: usize, hello: Result<(Pid, Pid, u64), CodecError>) -> bool {
+    /// A corrupt frame from `pid`: nothing more from it can be trusted.
+    pub(crate) fn corrupt(&mut self, pid: Pid, error: &CodecError) {
+        log::warn!("closing the connection to {pid}, which sent a corrupt frame: {error}");
+        self.peer_closed(pid);
+    }
+
+    fn on_hello(&mut self, key: usize, hello: Result<(Pid, Pid, u64), CodecError>) {
         let (from, to, token) = match hello {
             Ok(hello) => hello,
             Err(error) => return self.refuse(key, &format!("malformed handshake: {error}")),
@@ -638,7 +632,7 @@ impl Net {
             let socket = &mut self.sockets[key];
             let _ = socket.stream.write(&socket.ctl_out);
             self.drop_socket(key);
-            return false;
+            return;
         }
         self.sockets[key].phase = Phase::Established(from);
         let peer = self.peer(from);
@@ -648,16 +642,14 @@ impl Net {
             self.drop_socket(ours);
         }
         self.flush_peer(from);
-        true
     }
 
-    fn refuse(&mut self, key: usize, reason: &str) -> bool {
+    fn refuse(&mut self, key: usize, reason: &str) {
         log::warn!("refusing a connection: {reason}");
         let socket = &mut self.sockets[key];
         codec::append_raw_frame(&mut socket.ctl_out, FRAME_REFUSE, reason.as_bytes());
         let _ = socket.stream.write(&socket.ctl_out);
         self.drop_socket(key);
-        false
     }
 
     fn on_eof(&mut self, key: usize) {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::{
     fmt,
+    hash::{Hash, Hasher},
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
@@ -12,7 +13,7 @@ use std::{
 /// number, so it is never reused within a job, even when a port is. It displays as
 /// the seven-hex-character tag the job's bridge allocated for it (as `3fecd01`),
 /// which is how the bridge's output names the process.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Pid {
     incarnation: u64,
     ip: [u8; 4],
@@ -62,6 +63,35 @@ fn scramble(n: u64) -> u64 {
     x ^= x >> 11;
     x
 }
+
+impl Hash for Pid {
+    /// The incarnation alone: it is unique within a job, and one word hashes fast.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.incarnation);
+    }
+}
+
+/// A fast hasher for tables keyed by [`Pid`] (whose hash is one unique word).
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct PidHasher(u64);
+
+impl Hasher for PidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A `HashMap` keyed by [`Pid`].
+pub(crate) type PidMap<V> =
+    std::collections::HashMap<Pid, V, std::hash::BuildHasherDefault<PidHasher>>;
 
 impl fmt::Display for Pid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -84,6 +84,10 @@ impl Timers {
     }
 }
 
+/// How long the reactor lets frames gather before writing them, when nothing
+/// else woke it.
+const COALESCE: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Runs the reactor loop forever on the current thread.
 pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
     let mut events = Events::with_capacity(1024);
@@ -96,6 +100,11 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
                 log::error!("the I/O loop failed: {error}");
             }
             continue;
+        }
+        // Woken only to write what senders queued: give them a moment to queue
+        // more, so writes coalesce. Blocking calls flush for themselves first.
+        if events.iter().all(|e| e.token() == crate::net::WAKER) && !events.is_empty() {
+            std::thread::sleep(COALESCE);
         }
         {
             let mut net = runtime.net.lock();

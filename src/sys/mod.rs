@@ -330,3 +330,25 @@ pub(crate) fn read_spare(fd: RawFd, buf: &mut Vec<u8>, want: usize) -> io::Resul
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
+
+/// A close-on-exec, non-blocking eventfd: a counter that makes `poll` return.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes plain integers and returns a new fd.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: the fd is new and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd.
+pub(crate) fn eventfd_signal(fd: RawFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a valid buffer.
+    unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+}
+
+/// Resets an eventfd to zero.
+pub(crate) fn eventfd_clear(fd: RawFd) {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a valid buffer.
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+}
