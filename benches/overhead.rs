@@ -158,9 +158,11 @@ fn raw_spawn(mode: &str, listener: &TcpListener, n: u64) -> Child {
 }
 
 fn loopback() -> TcpListener {
-    // A backlog for the thousand raw children of `fanout_1000`.
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A backlog for the thousand raw children of `fanout_1000`, as ours has.
+    // SAFETY: listen on a listening socket only changes its backlog.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) };
+    listener
 }
 
 fn accept(listener: &TcpListener) -> TcpStream {

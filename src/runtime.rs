@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use std::{
     fs::File,
     io::Read,
-    net::{Ipv4Addr, TcpListener},
+    net::TcpListener,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::net::UnixStream,
@@ -162,7 +162,7 @@ fn start_job(resources: Resources) {
         Err(_) => false,
     };
     remove_own_variables();
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+    let listener = sys::bind_loopback()
         .unwrap_or_else(|e| fail("cannot bind a port on 127.0.0.1 for the top process", e));
     let addr = listener
         .local_addr()

@@ -23,7 +23,6 @@ use std::{
     collections::HashMap,
     ffi::OsStr,
     io::{self, Read, Write},
-    net::{Ipv4Addr, TcpListener},
     os::{
         fd::{AsRawFd, OwnedFd},
         unix::{ffi::OsStrExt, process::CommandExt},
@@ -471,8 +470,8 @@ impl Bridge {
             }
         }
         let failed = |what: &str, error: io::Error| SpawnError::Failed(format!("{what}: {error}"));
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| failed("cannot bind a port on 127.0.0.1", e))?;
+        let listener =
+            sys::bind_loopback().map_err(|e| failed("cannot bind a port on 127.0.0.1", e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| failed("reading the new port", e))?;

@@ -352,3 +352,15 @@ pub(crate) fn eventfd_clear(fd: RawFd) {
     // SAFETY: reads at most 8 bytes into a valid buffer.
     unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
 }
+
+/// How many connections a process's listening socket queues before it accepts
+/// them (std binds with 128; a parent of a thousand processes needs more).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listening socket on an ephemeral loopback port, close-on-exec.
+pub(crate) fn bind_loopback() -> io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    // SAFETY: listen on a listening socket only changes its backlog.
+    cvt(unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) })?;
+    Ok(listener)
+}
