@@ -19,6 +19,7 @@
 use crate::{
     codec,
     net::{FRAME_CLOSE, FRAME_DATA, FRAME_OPEN, RECV_BOUND, SEND_BOUND},
+    proto::{MailTo, Request},
     runtime, Pid,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -48,6 +49,8 @@ pub enum RecvError {
     },
     /// A value could not be decoded as `T`.
     Corrupt(String),
+    /// The job's bridge is gone, so nothing more can arrive (mailboxes).
+    BridgeLost,
 }
 
 impl fmt::Display for RecvError {
@@ -59,6 +62,7 @@ impl fmt::Display for RecvError {
                 write!(f, "type mismatch: this Receiver expects {expected}, but the peer's Sender sends {found}")
             }
             RecvError::Corrupt(reason) => write!(f, "a value could not be decoded: {reason}"),
+            RecvError::BridgeLost => f.write_str("the job's bridge is gone"),
         }
     }
 }
@@ -122,13 +126,24 @@ impl<T> std::error::Error for SendError<T> {}
 /// # }
 /// ```
 pub struct Sender<T: Serialize> {
-    pid: Pid,
+    route: Route,
     _type: PhantomData<fn(T)>,
+}
+
+/// Where a `Sender`'s values go.
+#[derive(Debug, Clone)]
+enum Route {
+    /// The channel to a process's `Receiver`.
+    Channel(Pid),
+    /// A mailbox, through the bridge.
+    Mail { to: MailTo, mailbox: String },
 }
 
 impl<T: Serialize> fmt::Debug for Sender<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sender").field("pid", &self.pid).finish()
+        f.debug_struct("Sender")
+            .field("route", &self.route)
+            .finish()
     }
 }
 
@@ -155,14 +170,57 @@ impl<T: Serialize> Sender<T> {
             net.open_sender(pid, std::any::type_name::<T>());
         });
         Sender {
-            pid,
+            route: Route::Channel(pid),
             _type: PhantomData,
         }
     }
 
-    /// The process this channel sends to.
-    pub fn remote_pid(&self) -> Pid {
-        self.pid
+    /// A sender to the mailbox `mailbox` of process `pid` (see [`Mailbox`](crate::Mailbox)).
+    /// Any number of these may exist at once.
+    ///
+    /// # Panics
+    /// If [`init`](crate::init) has not been called.
+    pub fn to_mailbox(pid: Pid, mailbox: &str) -> Sender<T> {
+        runtime::get();
+        Sender {
+            route: Route::Mail {
+                to: MailTo::Pid(pid),
+                mailbox: mailbox.to_owned(),
+            },
+            _type: PhantomData,
+        }
+    }
+
+    /// A sender to the mailbox `mailbox` of whichever process is registered as
+    /// `name` when each value is sent (see [`register`](crate::register)). Values
+    /// sent while no process holds the name are dropped.
+    ///
+    /// # Panics
+    /// If [`init`](crate::init) has not been called.
+    pub fn to_registered(name: &str, mailbox: &str) -> Sender<T> {
+        runtime::get();
+        Sender {
+            route: Route::Mail {
+                to: MailTo::Name(name.to_owned()),
+                mailbox: mailbox.to_owned(),
+            },
+            _type: PhantomData,
+        }
+    }
+
+    /// The process this sends to, unless it sends to a registered name.
+    pub fn remote_pid(&self) -> Option<Pid> {
+        match &self.route {
+            Route::Channel(pid)
+            | Route::Mail {
+                to: MailTo::Pid(pid),
+                ..
+            } => Some(*pid),
+            Route::Mail {
+                to: MailTo::Name(_),
+                ..
+            } => None,
+        }
     }
 
     /// Queues `value` for the peer; resolves once it fits in the channel's buffer.
@@ -182,8 +240,23 @@ impl<T: Serialize> Sender<T> {
     /// Queues `value` now, or hands it back: [`SendError::Full`] if the buffer is
     /// full, [`SendError::Disconnected`] if the peer is known to have ended.
     pub fn try_send(&self, value: T) -> Result<(), SendError<T>> {
+        let pid = match &self.route {
+            Route::Channel(pid) => *pid,
+            Route::Mail { .. } => {
+                return runtime::with_net(|net| {
+                    if net.bridge_is_lost() {
+                        Err(SendError::Disconnected(value))
+                    } else if net.control_queued() >= SEND_BOUND {
+                        Err(SendError::Full(value))
+                    } else {
+                        self.queue(net, &value);
+                        Ok(())
+                    }
+                });
+            }
+        };
         runtime::with_net(|net| {
-            let peer = net.peer(self.pid);
+            let peer = net.peer(pid);
             if peer.gone() {
                 return Err(SendError::Disconnected(value));
             }
@@ -196,23 +269,45 @@ impl<T: Serialize> Sender<T> {
     }
 
     fn queue(&self, net: &mut crate::net::Net, value: &T) {
-        if let Err(error) = net.queue_value(self.pid, value) {
+        let result = match &self.route {
+            Route::Channel(pid) => net.queue_value(*pid, value),
+            Route::Mail { to, mailbox } => codec::encode(value).map(|value| {
+                let type_name = std::any::type_name::<T>().to_owned();
+                net.request(&Request::Mail {
+                    to: to.clone(),
+                    mailbox: mailbox.clone(),
+                    type_name,
+                    value,
+                });
+            }),
+        };
+        if let Err(error) = result {
             panic!(
-                "constellation: cannot serialise a value to send to {}: {error}",
-                self.pid
+                "constellation: cannot serialise a value to send ({:?}): {error}",
+                self.route
             );
         }
     }
 
     /// Ready when the buffer has room (or the peer is gone).
     fn poll_room(&self, cx: &mut Context<'_>, net: &mut crate::net::Net) -> Poll<()> {
-        let peer = net.peer(self.pid);
+        let pid = match &self.route {
+            Route::Channel(pid) => *pid,
+            Route::Mail { .. } => {
+                if net.bridge_is_lost() || net.control_queued() < SEND_BOUND {
+                    return Poll::Ready(());
+                }
+                net.control_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        };
+        let peer = net.peer(pid);
         if peer.gone() || peer.queued() < SEND_BOUND {
             return Poll::Ready(());
         }
         peer.send_waker = Some(cx.waker().clone());
-        net.flush_peer(self.pid);
-        let peer = net.peer(self.pid);
+        net.flush_peer(pid);
+        let peer = net.peer(pid);
         if peer.gone() || peer.queued() < SEND_BOUND {
             peer.send_waker = None;
             return Poll::Ready(());
@@ -223,7 +318,9 @@ impl<T: Serialize> Sender<T> {
 
 impl<T: Serialize> Drop for Sender<T> {
     fn drop(&mut self) {
-        runtime::with_net(|net| net.close_sender(self.pid));
+        if let Route::Channel(pid) = self.route {
+            runtime::with_net(|net| net.close_sender(pid));
+        }
     }
 }
 
@@ -237,7 +334,7 @@ pub struct Send<'a, T: Serialize> {
 impl<T: Serialize> fmt::Debug for Send<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Send")
-            .field("pid", &self.sender.pid)
+            .field("route", &self.sender.route)
             .finish()
     }
 }
@@ -273,9 +370,12 @@ impl<T: Serialize> futures::Sink<T> for Sender<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        let Route::Channel(pid) = self.route else {
+            return Poll::Ready(Ok(()));
+        };
         runtime::with_net(|net| {
-            net.flush_peer(self.pid);
-            let peer = net.peer(self.pid);
+            net.flush_peer(pid);
+            let peer = net.peer(pid);
             if peer.gone() || peer.queued() == 0 {
                 Poll::Ready(Ok(()))
             } else {

@@ -34,8 +34,10 @@ mod channel;
 mod codec;
 mod exit_status;
 mod inbox;
+mod mailbox;
 mod monitor;
 mod net;
+mod otp;
 mod outbox;
 mod pid;
 mod proto;
@@ -48,6 +50,11 @@ mod sys;
 pub use block::{sleep, timeout, Block, Elapsed, Sleep, Timeout};
 pub use channel::{Receiver, RecvError, SendError, Sender};
 pub use exit_status::ExitStatus;
+pub use mailbox::{Mailbox, MailboxRecv};
+pub use otp::{
+    demonitor, exits, kill, link, monitor, on_shutdown, register, shutdown, shutdown_and_wait,
+    spawn_link, trap_exits, unlink, unregister, whereis, Down, Exit, Exits, Monitor, RegisterError,
+};
 pub use pid::Pid;
 pub use resources::{Cpu, Mem, ParseResourceError, Resources};
 pub use runtime::{init, pid, resources};

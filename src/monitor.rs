@@ -5,7 +5,7 @@
 
 use crate::{
     codec,
-    proto::{Report, KIND_MESSAGE},
+    proto::{Command, Report, KIND_MESSAGE},
     sys::{self, OsPid, WaitStatus},
     ExitStatus, Resources,
 };
@@ -77,7 +77,15 @@ pub(crate) fn run(setup: Setup) -> ! {
     let mut panic_message = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut ended: Option<(WaitStatus, Instant)> = None;
+    let mut commands = Vec::new();
+    // How the process is reported if the bridge had it killed or shut down.
+    let mut imposed: Option<ExitStatus> = None;
+    let mut kill_at: Option<Instant> = None;
     loop {
+        if kill_at.is_some_and(|at| at <= Instant::now()) && ended.is_none() {
+            let _ = sys::kill(child, libc::SIGKILL);
+            kill_at = None;
+        }
         let timeout = match ended {
             Some((_, at)) => {
                 let left = DRAIN.saturating_sub(at.elapsed());
@@ -86,7 +94,7 @@ pub(crate) fn run(setup: Setup) -> ! {
                 }
                 Some(left)
             }
-            None => None,
+            None => kill_at.map(|at| at.saturating_duration_since(Instant::now())),
         };
         let mut fds: Vec<(i32, i16)> = streams
             .iter()
@@ -138,8 +146,29 @@ pub(crate) fn run(setup: Setup) -> ! {
             }
         }
         if ready[3] != 0 {
-            // The bridge sends nothing yet; readiness means it is gone.
-            bridge_lost(child);
+            match sys::read(bridge.as_raw_fd(), &mut buf) {
+                Ok(0) | Err(_) => bridge_lost(child),
+                Ok(n) => commands.extend_from_slice(&buf[..n]),
+            }
+            let mut pos = 0;
+            while let Ok(Some(frame)) = codec::next_frame(&commands[pos..]) {
+                let command = codec::decode::<Command>(&commands[pos..][frame.payload]);
+                pos += frame.len;
+                match command {
+                    Ok(Command::Kill { status }) => {
+                        imposed = Some(status);
+                        let _ = sys::kill(child, libc::SIGKILL);
+                    }
+                    Ok(Command::Terminate { timeout, status }) => {
+                        imposed = Some(status);
+                        let _ = sys::kill(child, libc::SIGTERM);
+                        kill_at = timeout.map(|t| Instant::now() + t);
+                    }
+                    // A corrupt command cannot be trusted to mean anything.
+                    Err(_) => {}
+                }
+            }
+            commands.drain(..pos);
         }
         if ready[4] != 0 && ended.is_none() {
             if let Ok(Some(status)) = sys::waitpid(child, false) {
@@ -158,6 +187,13 @@ pub(crate) fn run(setup: Setup) -> ! {
         child,
         &resources,
     );
+    // A process the bridge had killed or shut down is reported as such, unless it
+    // panicked first.
+    let status = match (imposed, status) {
+        (_, panicked @ ExitStatus::Panicked(_)) => panicked,
+        (Some(imposed), _) => imposed,
+        (None, status) => status,
+    };
     sys::remove_cgroups(child);
     send(&mut bridge, &Report::Exited { status }, child);
     sys::exit_now(0)

@@ -20,7 +20,7 @@ use crate::{
     outbox::Outbox,
     pid::PidMap,
     proto::{Reply, Request, KIND_MESSAGE},
-    sys, Pid, SpawnError,
+    sys, Exit, Pid,
 };
 use mio::{
     net::{TcpListener, TcpStream, UnixStream},
@@ -28,7 +28,7 @@ use mio::{
 };
 use slab::Slab;
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io::{self, Read, Write},
     os::fd::{AsRawFd, RawFd},
     task::Waker,
@@ -107,11 +107,19 @@ impl Peer {
     }
 }
 
-/// The answer to a spawn request, once it comes.
+/// The answer to a request, once it comes.
 #[derive(Debug, Default)]
-pub(crate) struct SpawnSlot {
-    pub(crate) result: Option<Result<Pid, SpawnError>>,
+pub(crate) struct CallSlot {
+    pub(crate) reply: Option<Reply>,
     pub(crate) waker: Option<Waker>,
+}
+
+/// Values for one mailbox of this process, with the type each was sent as.
+#[derive(Debug, Default)]
+pub(crate) struct MailQueue {
+    pub(crate) items: VecDeque<(Pid, String, Vec<u8>)>,
+    pub(crate) waker: Option<Waker>,
+    pub(crate) open: bool,
 }
 
 #[derive(Debug)]
@@ -133,8 +141,14 @@ pub(crate) struct Net {
     pub(crate) peers: PidMap<Peer>,
     dirty: Vec<Pid>,
     control: Control,
-    pub(crate) spawns: HashMap<u64, SpawnSlot>,
-    next_spawn_id: u64,
+    pub(crate) calls: HashMap<u64, CallSlot>,
+    next_call_id: u64,
+    /// Exit signals of linked processes, for a process that traps exits.
+    pub(crate) exits: VecDeque<Exit>,
+    pub(crate) exits_waker: Option<Waker>,
+    pub(crate) mail: HashMap<String, MailQueue>,
+    /// A sender waiting for the bridge connection's buffer to drain.
+    pub(crate) control_waker: Option<Waker>,
     /// Where reads land first (see `read_socket`).
     scratch: Vec<u8>,
     /// Wakers to call once the lock is released.
@@ -173,8 +187,12 @@ impl Net {
                 wbuf: Vec::new(),
                 lost: false,
             },
-            spawns: HashMap::new(),
-            next_spawn_id: 0,
+            calls: HashMap::new(),
+            next_call_id: 0,
+            exits: VecDeque::new(),
+            exits_waker: None,
+            mail: HashMap::new(),
+            control_waker: None,
             scratch: Vec::new(),
             to_wake: Vec::new(),
         })
@@ -717,17 +735,54 @@ impl Net {
         self.flush_control();
     }
 
-    /// A new spawn request id, with its answer slot.
-    pub(crate) fn new_spawn(&mut self) -> u64 {
-        self.next_spawn_id += 1;
-        self.spawns.insert(self.next_spawn_id, SpawnSlot::default());
-        self.next_spawn_id
+    /// Sends the request `make(id)` with a new id, keeping a slot for its answer.
+    pub(crate) fn call(&mut self, make: impl FnOnce(u64) -> Request) -> u64 {
+        self.next_call_id += 1;
+        let id = self.next_call_id;
+        self.calls.insert(id, CallSlot::default());
+        self.request(&make(id));
+        id
+    }
+
+    /// The answer to request `id` once it comes; `None` if the bridge is gone.
+    pub(crate) fn poll_call(
+        &mut self,
+        id: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Reply>> {
+        let lost = self.control.lost;
+        let Some(slot) = self.calls.get_mut(&id) else {
+            return std::task::Poll::Pending;
+        };
+        if let Some(reply) = slot.reply.take() {
+            self.calls.remove(&id);
+            return std::task::Poll::Ready(Some(reply));
+        }
+        if lost {
+            self.calls.remove(&id);
+            return std::task::Poll::Ready(None);
+        }
+        slot.waker = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    /// Whether the bridge is gone (no answer will come).
+    pub(crate) fn bridge_is_lost(&self) -> bool {
+        self.control.lost
+    }
+
+    /// Bytes waiting to go to the bridge.
+    pub(crate) fn control_queued(&self) -> usize {
+        self.control.wbuf.len()
     }
 
     fn flush_control(&mut self) {
         while !self.control.wbuf.is_empty() && !self.control.lost {
             match self.control.stream.write(&self.control.wbuf) {
-                Ok(n) => drop(self.control.wbuf.drain(..n)),
+                Ok(n) => {
+                    self.control.wbuf.drain(..n);
+                    self.to_wake.extend(self.control_waker.take());
+                }
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => self.bridge_lost(),
@@ -751,13 +806,29 @@ impl Net {
             let reply = codec::decode::<Reply>(&self.control.rbuf[pos..][frame.payload]);
             pos += frame.len;
             match reply {
-                Ok(Reply::Spawned { id, result }) => {
-                    if let Some(slot) = self.spawns.get_mut(&id) {
-                        slot.result = Some(result);
+                Ok(reply) if reply.call_id().is_some() => {
+                    let id = reply.call_id().expect("checked");
+                    if let Some(slot) = self.calls.get_mut(&id) {
+                        slot.reply = Some(reply);
                         self.to_wake.extend(slot.waker.take());
                     }
                 }
                 Ok(Reply::Ended { pid }) => self.on_ended(pid),
+                Ok(Reply::Exit { pid, status }) => {
+                    self.exits.push_back(Exit { pid, status });
+                    self.to_wake.extend(self.exits_waker.take());
+                }
+                Ok(Reply::Mail {
+                    from,
+                    mailbox,
+                    type_name,
+                    value,
+                }) => {
+                    let queue = self.mail.entry(mailbox).or_default();
+                    queue.items.push_back((from, type_name, value));
+                    self.to_wake.extend(queue.waker.take());
+                }
+                Ok(other) => log::error!("an unexpected message from the bridge: {other:?}"),
                 Err(error) => log::error!("a corrupt message from the bridge: {error}"),
             }
         }
@@ -791,11 +862,9 @@ impl Net {
         }
         self.control.lost = true;
         let _ = self.registry.deregister(&mut self.control.stream);
-        for slot in self.spawns.values_mut() {
-            if slot.result.is_none() {
-                slot.result = Some(Err(SpawnError::BridgeLost));
-                self.to_wake.extend(slot.waker.take());
-            }
+        for slot in self.calls.values_mut() {
+            self.to_wake.extend(slot.waker.take());
         }
+        self.to_wake.extend(self.control_waker.take());
     }
 }

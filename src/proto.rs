@@ -1,27 +1,66 @@
 //! The messages between a process, its monitor and the job's bridge, and the
 //! arguments a spawned process starts from.
 
-use crate::{ExitStatus, Pid, Resources, SpawnError};
+use crate::{ExitStatus, Pid, RegisterError, Resources, SpawnError};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// Frame kinds on a process's control connection to the bridge and on a
 /// monitor's connection to the bridge: the payload is one bincode value.
 pub(crate) const KIND_MESSAGE: u8 = 1;
 
-/// What a process asks of the bridge.
+/// What a process asks of the bridge. Requests with an `id` are answered by a
+/// reply carrying the same `id`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
-    /// Start a process running the closure `arg` through the trampoline at `entry`.
+    /// Start a process running the closure `arg` through the trampoline at `entry`,
+    /// linked to the caller if `link`.
     Spawn {
         id: u64,
         resources: Resources,
         try_only: bool,
+        link: bool,
         entry: isize,
         arg: Vec<u8>,
         env: Environment,
     },
     /// Tell me when `pid` has ended (at once if it already has, or never existed).
     Watch { pid: Pid },
+    /// Send `Reply::Down { id, .. }` when `pid` ends.
+    Monitor { id: u64, pid: Pid },
+    /// Cancel my monitors of `pid`.
+    Demonitor { pid: Pid },
+    /// Link me and `pid`.
+    Link { pid: Pid },
+    /// Remove the link between me and `pid`.
+    Unlink { pid: Pid },
+    /// Whether exit signals reach me as `Reply::Exit` instead of ending me.
+    TrapExits { on: bool },
+    /// Kill `pid` now.
+    Kill { pid: Pid },
+    /// Ask `pid` to end (SIGTERM), then kill it after `timeout` (never if `None`).
+    Shutdown { pid: Pid, timeout: Option<Duration> },
+    /// Register me under `name`.
+    Register { id: u64, name: String },
+    /// Release `name` if it is mine.
+    Unregister { name: String },
+    /// Which process holds `name`?
+    Whereis { id: u64, name: String },
+    /// Deliver a value to a mailbox of another process.
+    Mail {
+        to: MailTo,
+        mailbox: String,
+        type_name: String,
+        value: Vec<u8>,
+    },
+}
+
+/// Where a mailbox value goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum MailTo {
+    Pid(Pid),
+    /// The process registered under this name when the value is sent.
+    Name(String),
 }
 
 /// What the bridge tells a process.
@@ -34,6 +73,54 @@ pub(crate) enum Reply {
     },
     /// A watched process has ended.
     Ended { pid: Pid },
+    /// A monitored process has ended (`Request::Monitor { id, .. }`).
+    Down {
+        id: u64,
+        pid: Pid,
+        status: ExitStatus,
+    },
+    /// A linked process has ended, and this process traps exits.
+    Exit { pid: Pid, status: ExitStatus },
+    /// The answer to `Request::Register { id, .. }`.
+    Registered {
+        id: u64,
+        result: Result<(), RegisterError>,
+    },
+    /// The answer to `Request::Whereis { id, .. }`.
+    Found { id: u64, pid: Option<Pid> },
+    /// A value for one of this process's mailboxes.
+    Mail {
+        from: Pid,
+        mailbox: String,
+        type_name: String,
+        value: Vec<u8>,
+    },
+}
+
+impl Reply {
+    /// The id of the request this answers, if it answers one.
+    pub(crate) fn call_id(&self) -> Option<u64> {
+        match self {
+            Reply::Spawned { id, .. }
+            | Reply::Down { id, .. }
+            | Reply::Registered { id, .. }
+            | Reply::Found { id, .. } => Some(*id),
+            Reply::Ended { .. } | Reply::Exit { .. } | Reply::Mail { .. } => None,
+        }
+    }
+}
+
+/// What the bridge tells a monitor to do with its process.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Command {
+    /// Kill the process now; report `status` as how it ended.
+    Kill { status: ExitStatus },
+    /// Send the process SIGTERM, and SIGKILL after `timeout` (never if `None`);
+    /// report `status` unless it panicked.
+    Terminate {
+        timeout: Option<Duration>,
+        status: ExitStatus,
+    },
 }
 
 /// What a monitor tells the bridge about its process.

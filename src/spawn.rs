@@ -6,7 +6,7 @@
 
 use crate::{
     codec,
-    proto::{Environment, Request},
+    proto::{Environment, Reply, Request},
     runtime, Pid, Resources,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -106,7 +106,7 @@ pub fn spawn<F>(resources: Resources, f: F) -> Spawn
 where
     F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
 {
-    Spawn::new::<F>(resources, f, false)
+    Spawn::new::<F>(resources, f, false, false)
 }
 
 /// Like [`spawn`], but fails at once with [`SpawnError::NoCapacity`] when nothing
@@ -115,7 +115,7 @@ pub fn try_spawn<F>(resources: Resources, f: F) -> Spawn
 where
     F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
 {
-    Spawn::new::<F>(resources, f, true)
+    Spawn::new::<F>(resources, f, true, false)
 }
 
 /// The future of a [`spawn`]: resolves to the new process's [`Pid`].
@@ -127,7 +127,7 @@ pub struct Spawn {
 }
 
 impl Spawn {
-    fn new<F>(resources: Resources, f: F, try_only: bool) -> Spawn
+    pub(crate) fn new<F>(resources: Resources, f: F, try_only: bool, link: bool) -> Spawn
     where
         F: serde_closure::traits::FnOnce<(Pid,), Output = ()>
             + Serialize
@@ -144,6 +144,7 @@ impl Spawn {
             id: 0,
             resources,
             try_only,
+            link,
             entry,
             arg,
             env: Environment::current(),
@@ -161,27 +162,40 @@ impl Future for Spawn {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         runtime::with_net(|net| {
-            if let Some(mut request) = this.request.take() {
-                this.id = net.new_spawn();
-                if let Request::Spawn { id, .. } = &mut request {
-                    *id = this.id;
-                }
-                net.request(&request);
+            if let Some(request) = this.request.take() {
+                this.id = net.call(|id| match request {
+                    Request::Spawn {
+                        resources,
+                        try_only,
+                        link,
+                        entry,
+                        arg,
+                        env,
+                        ..
+                    } => Request::Spawn {
+                        id,
+                        resources,
+                        try_only,
+                        link,
+                        entry,
+                        arg,
+                        env,
+                    },
+                    other => other,
+                });
             }
-            let slot = net
-                .spawns
-                .get_mut(&this.id)
-                .expect("spawn slots live until their future takes the answer");
-            match slot.result.take() {
-                Some(result) => {
-                    net.spawns.remove(&this.id);
-                    Poll::Ready(result)
-                }
-                None => {
-                    slot.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
+            net.poll_call(this.id, cx).map(|reply| match reply {
+                Some(Reply::Spawned { result, .. }) => result,
+                _ => Err(SpawnError::BridgeLost),
+            })
         })
+    }
+}
+
+impl Drop for Spawn {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            runtime::with_net(|net| net.calls.remove(&self.id));
+        }
     }
 }

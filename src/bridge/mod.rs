@@ -12,7 +12,7 @@ mod output;
 
 use crate::{
     codec,
-    proto::{Environment, Reply, Report, Request, Start, FDS_VAR, KIND_MESSAGE},
+    proto::{Command, Environment, MailTo, Reply, Report, Request, Start, FDS_VAR, KIND_MESSAGE},
     sys::{self, OsPid},
     ExitStatus, Pid, Resources, SpawnError,
 };
@@ -27,7 +27,7 @@ use std::{
         fd::{AsRawFd, OwnedFd},
         unix::{ffi::OsStrExt, process::CommandExt},
     },
-    process::{Command, Stdio},
+    process::{self, Stdio},
 };
 
 const SIGNAL_CHILD: Token = Token(usize::MAX - 1);
@@ -69,7 +69,14 @@ struct Proc {
     status: Option<ExitStatus>,
     monitor: Option<usize>,
     control: Option<usize>,
+    /// Processes to tell (`Reply::Ended`) when this one ends, for their channels.
     watchers: Vec<Pid>,
+    /// Processes linked to this one.
+    links: Vec<Pid>,
+    /// Whether exit signals reach this process as messages.
+    traps_exits: bool,
+    /// (watcher, monitor id) of the monitors of this process.
+    monitors: Vec<(Pid, u64)>,
 }
 
 struct Bridge {
@@ -89,6 +96,8 @@ struct Bridge {
     stop_signals: Vec<UnixStream>,
     child_signals: UnixStream,
     stop: Option<i32>,
+    /// The name registry: each name and the live process holding it.
+    names: HashMap<String, Pid>,
 }
 
 /// Runs the bridge until the job has ended; exits the process with the job's code.
@@ -148,6 +157,7 @@ impl Bridge {
             stop_signals,
             child_signals,
             stop: None,
+            names: HashMap::new(),
         };
         bridge.printer.top(setup.top);
         bridge.add_process(
@@ -237,6 +247,9 @@ impl Bridge {
                 monitor: Some(monitor),
                 control: Some(control),
                 watchers: Vec::new(),
+                links: Vec::new(),
+                traps_exits: false,
+                monitors: Vec::new(),
             },
         );
         self.by_os_pid.insert(monitor_os_pid.0, pid);
@@ -367,15 +380,49 @@ impl Bridge {
         }
     }
 
-    fn reply(&mut self, key: usize, reply: &Reply) {
+    /// Queues `message` on connection `key` and writes what it can.
+    fn send<M: serde::Serialize>(&mut self, key: usize, message: &M) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if let Err(error) = codec::append_frame(&mut conn.wbuf, KIND_MESSAGE, reply) {
-            self.printer.warning(&format!("encoding a reply: {error}"));
+        if let Err(error) = codec::append_frame(&mut conn.wbuf, KIND_MESSAGE, message) {
+            self.printer
+                .warning(&format!("encoding a message: {error}"));
             return;
         }
         self.flush(key);
+    }
+
+    fn reply(&mut self, key: usize, reply: &Reply) {
+        self.send(key, reply);
+    }
+
+    /// Tells process `pid`, if it is alive.
+    fn tell(&mut self, pid: Pid, reply: &Reply) {
+        if let Some(key) = self
+            .procs
+            .get(&pid)
+            .filter(|p| p.status.is_none())
+            .and_then(|p| p.control)
+        {
+            self.send(key, reply);
+        }
+    }
+
+    /// Has the monitor of `pid` carry out `command`, if `pid` is alive.
+    fn command(&mut self, pid: Pid, command: &Command) {
+        if let Some(key) = self
+            .procs
+            .get(&pid)
+            .filter(|p| p.status.is_none())
+            .and_then(|p| p.monitor)
+        {
+            self.send(key, command);
+        }
+    }
+
+    fn alive(&self, pid: Pid) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.status.is_none())
     }
 
     fn on_report(&mut self, pid: Pid, report: Report) {
@@ -385,27 +432,155 @@ impl Bridge {
         }
     }
 
-    fn on_request(&mut self, pid: Pid, key: usize, request: Request) {
+    fn on_request(&mut self, from: Pid, key: usize, request: Request) {
         match request {
             Request::Spawn {
                 id,
                 resources,
                 try_only,
+                link,
                 entry,
                 arg,
                 env,
             } => {
-                let result = self.spawn(pid, resources, try_only, entry, arg, &env);
+                let result = self.spawn(from, resources, try_only, entry, arg, &env);
+                if let (Ok(child), true) = (&result, link) {
+                    // Before the child can end: its exit report is read after this.
+                    self.link(from, *child);
+                }
                 self.reply(key, &Reply::Spawned { id, result });
             }
-            Request::Watch { pid: watched } => match self.procs.get_mut(&watched) {
-                Some(process) if process.status.is_none() => process.watchers.push(pid),
-                _ => self.reply(key, &Reply::Ended { pid: watched }),
+            Request::Watch { pid } => match self.procs.get_mut(&pid) {
+                Some(process) if process.status.is_none() => process.watchers.push(from),
+                _ => self.reply(key, &Reply::Ended { pid }),
             },
+            Request::Monitor { id, pid } => match self.procs.get_mut(&pid) {
+                Some(process) if process.status.is_none() => process.monitors.push((from, id)),
+                _ => self.reply(
+                    key,
+                    &Reply::Down {
+                        id,
+                        pid,
+                        status: ExitStatus::NoProc,
+                    },
+                ),
+            },
+            Request::Demonitor { pid } => {
+                if let Some(process) = self.procs.get_mut(&pid) {
+                    process.monitors.retain(|&(watcher, _)| watcher != from);
+                }
+            }
+            Request::Link { pid } if pid == from => {}
+            Request::Link { pid } if self.alive(pid) => self.link(from, pid),
+            Request::Link { pid } => self.exit_signal(from, pid, &ExitStatus::NoProc),
+            Request::Unlink { pid } => {
+                for (a, b) in [(from, pid), (pid, from)] {
+                    if let Some(process) = self.procs.get_mut(&a) {
+                        process.links.retain(|&l| l != b);
+                    }
+                }
+            }
+            Request::TrapExits { on } => {
+                if let Some(process) = self.procs.get_mut(&from) {
+                    process.traps_exits = on;
+                }
+            }
+            Request::Kill { pid } => self.command(
+                pid,
+                &Command::Kill {
+                    status: ExitStatus::Signal(libc::SIGKILL),
+                },
+            ),
+            Request::Shutdown { pid, timeout } => self.command(
+                pid,
+                &Command::Terminate {
+                    timeout,
+                    status: ExitStatus::KilledBy(from),
+                },
+            ),
+            Request::Register { id, name } => {
+                let result = match self.names.get(&name) {
+                    Some(&holder) if holder != from && self.alive(holder) => {
+                        Err(crate::RegisterError::Taken { name, by: holder })
+                    }
+                    _ => {
+                        self.names.insert(name, from);
+                        Ok(())
+                    }
+                };
+                self.reply(key, &Reply::Registered { id, result });
+            }
+            Request::Unregister { name } => {
+                if self.names.get(&name) == Some(&from) {
+                    self.names.remove(&name);
+                }
+            }
+            Request::Whereis { id, name } => {
+                let pid = self.names.get(&name).copied().filter(|&p| self.alive(p));
+                self.reply(key, &Reply::Found { id, pid });
+            }
+            Request::Mail {
+                to,
+                mailbox,
+                type_name,
+                value,
+            } => {
+                let target = match to {
+                    MailTo::Pid(pid) => Some(pid),
+                    MailTo::Name(name) => self.names.get(&name).copied(),
+                };
+                // As in Erlang, a value for a process that is gone is dropped.
+                if let Some(target) = target {
+                    self.tell(
+                        target,
+                        &Reply::Mail {
+                            from,
+                            mailbox,
+                            type_name,
+                            value,
+                        },
+                    );
+                }
+            }
         }
     }
 
-    /// Process `pid` has ended: show it, free what it reserved, tell its watchers.
+    fn link(&mut self, a: Pid, b: Pid) {
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(process) = self.procs.get_mut(&x) {
+                if !process.links.contains(&y) {
+                    process.links.push(y);
+                }
+            }
+        }
+    }
+
+    /// Delivers the exit signal of `from` (ended with `status`) to linked process
+    /// `to`: a message if it traps exits, else its end if `status` is abnormal.
+    fn exit_signal(&mut self, to: Pid, from: Pid, status: &ExitStatus) {
+        let Some(process) = self.procs.get(&to).filter(|p| p.status.is_none()) else {
+            return;
+        };
+        if process.traps_exits {
+            self.tell(
+                to,
+                &Reply::Exit {
+                    pid: from,
+                    status: status.clone(),
+                },
+            );
+        } else if !status.success() {
+            self.command(
+                to,
+                &Command::Kill {
+                    status: ExitStatus::KilledBy(from),
+                },
+            );
+        }
+    }
+
+    /// Process `pid` has ended: show it, free what it reserved, and tell whoever
+    /// watches, monitors or is linked to it.
     fn on_exit(&mut self, pid: Pid, status: ExitStatus) {
         let Some(process) = self.procs.get_mut(&pid) else {
             return;
@@ -414,14 +589,31 @@ impl Bridge {
             return;
         }
         self.printer.exited(pid, &status);
-        process.status = Some(status);
+        process.status = Some(status.clone());
         self.live -= 1;
         self.reserved -= process.resources.mem.bytes();
         let watchers = std::mem::take(&mut process.watchers);
+        let monitors = std::mem::take(&mut process.monitors);
+        let links = std::mem::take(&mut process.links);
+        self.names.retain(|_, holder| *holder != pid);
         for watcher in watchers {
-            if let Some(key) = self.procs.get(&watcher).and_then(|w| w.control) {
-                self.reply(key, &Reply::Ended { pid });
+            self.tell(watcher, &Reply::Ended { pid });
+        }
+        for (watcher, id) in monitors {
+            self.tell(
+                watcher,
+                &Reply::Down {
+                    id,
+                    pid,
+                    status: status.clone(),
+                },
+            );
+        }
+        for linked in links {
+            if let Some(process) = self.procs.get_mut(&linked) {
+                process.links.retain(|&l| l != pid);
             }
+            self.exit_signal(linked, pid, &status);
         }
     }
 
@@ -499,7 +691,7 @@ impl Bridge {
             start.as_raw_fd(),
         ];
 
-        let mut command = Command::new("/proc/self/exe");
+        let mut command = process::Command::new("/proc/self/exe");
         let mut args = env.args.iter().map(|a| OsStr::from_bytes(a));
         if let Some(arg0) = args.next() {
             command.arg0(arg0);

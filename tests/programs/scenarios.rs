@@ -344,6 +344,227 @@ fn main() {
             }
             println!("end of input");
         }
+        "monitor" => {
+            let coded = spawn(small(), FnOnce!(|_parent: Pid| std::process::exit(7)))
+                .block()
+                .unwrap();
+            println!("code: {:?}", monitor(coded).block().status);
+            let panicky = spawn(small(), FnOnce!(|_parent: Pid| panic!("boom")))
+                .block()
+                .unwrap();
+            println!("panic: {:?}", monitor(panicky).block().status);
+            println!("gone: {:?}", monitor(coded).block().status);
+            let killed = spawn(
+                small(),
+                FnOnce!(|_parent: Pid| std::thread::sleep(Duration::from_secs(60))),
+            )
+            .block()
+            .unwrap();
+            let down = monitor(killed);
+            kill(killed);
+            println!("killed: {}", down.block().status);
+        }
+        "link_cascade" => {
+            // middle links to a child that panics; middle is killed with it.
+            let middle = spawn(
+                small(),
+                FnOnce!(|_parent: Pid| {
+                    spawn_link(
+                        small(),
+                        FnOnce!(|_parent: Pid| {
+                            std::thread::sleep(Duration::from_millis(100));
+                            panic!("crash")
+                        }),
+                    )
+                    .block()
+                    .unwrap();
+                    std::thread::sleep(Duration::from_secs(60));
+                    println!("middle survived");
+                }),
+            )
+            .block()
+            .unwrap();
+            let status = monitor(middle).block().status;
+            println!("middle: {}", status);
+        }
+        "link_trapped" => {
+            let middle = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    trap_exits(true);
+                    let crasher = spawn_link(small(), FnOnce!(|_parent: Pid| panic!("crash")))
+                        .block()
+                        .unwrap();
+                    let finisher = spawn_link(small(), FnOnce!(|_parent: Pid| {}))
+                        .block()
+                        .unwrap();
+                    let mut signals = exits();
+                    let mut seen = Vec::new();
+                    for _ in 0..2 {
+                        let exit = futures::StreamExt::next(&mut signals).block().unwrap();
+                        let who = if exit.pid == crasher {
+                            "crasher"
+                        } else if exit.pid == finisher {
+                            "finisher"
+                        } else {
+                            "?"
+                        };
+                        seen.push(format!("{who}: {}", exit.status));
+                    }
+                    seen.sort();
+                    // A link to a process already gone is an immediate NoProc signal.
+                    link(crasher);
+                    let exit = futures::StreamExt::next(&mut signals).block().unwrap();
+                    seen.push(format!("relink: {}", exit.status));
+                    Sender::<Vec<String>>::new(parent).send(seen).block();
+                }),
+            )
+            .block()
+            .unwrap();
+            for line in Receiver::<Vec<String>>::new(middle).recv().block().unwrap() {
+                println!("{line}");
+            }
+            println!("middle: {}", monitor(middle).block().status);
+        }
+        "normal_exit_no_cascade" => {
+            let middle = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let child = spawn_link(small(), FnOnce!(|_parent: Pid| {}))
+                        .block()
+                        .unwrap();
+                    monitor(child).block();
+                    std::thread::sleep(Duration::from_millis(100));
+                    Sender::<String>::new(parent)
+                        .send("still here".to_string())
+                        .block();
+                }),
+            )
+            .block()
+            .unwrap();
+            println!(
+                "middle says: {}",
+                Receiver::<String>::new(middle).recv().block().unwrap()
+            );
+        }
+        "shutdown" => {
+            let polite = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    on_shutdown(|| println!("cleaning up"));
+                    Sender::<()>::new(parent).send(()).block();
+                    std::thread::sleep(Duration::from_secs(60));
+                }),
+            )
+            .block()
+            .unwrap();
+            Receiver::<()>::new(polite).recv().block().unwrap();
+            let down = monitor(polite);
+            shutdown(polite, Duration::from_secs(20));
+            println!("polite: {}", down.block().status);
+            let stubborn = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    on_shutdown(|| {
+                        println!("ignoring the shutdown");
+                        std::thread::sleep(Duration::from_secs(60));
+                    });
+                    Sender::<()>::new(parent).send(()).block();
+                    std::thread::sleep(Duration::from_secs(60));
+                }),
+            )
+            .block()
+            .unwrap();
+            Receiver::<()>::new(stubborn).recv().block().unwrap();
+            let down = monitor(stubborn);
+            shutdown(stubborn, Duration::from_millis(300));
+            println!("stubborn: {}", down.block().status);
+        }
+        "registry" => {
+            println!("register: {:?}", register("store"));
+            let rival = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let taken = register("store");
+                    let found = whereis("store") == Some(parent);
+                    Sender::<String>::new(parent)
+                        .send(format!("{taken:?} {found}"))
+                        .block();
+                }),
+            )
+            .block()
+            .unwrap();
+            let answer = Receiver::<String>::new(rival).recv().block().unwrap();
+            println!("rival: {}", answer.replace(&pid().to_string(), "TOP"));
+            let holder = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    register("cache").unwrap();
+                    Sender::<()>::new(parent).send(()).block();
+                }),
+            )
+            .block()
+            .unwrap();
+            Receiver::<()>::new(holder).recv().block().unwrap();
+            monitor(holder).block();
+            println!("after its end: {:?}", whereis("cache"));
+            println!("again: {:?}", register("cache"));
+            unregister("store");
+            println!("unregistered: {:?}", whereis("store"));
+        }
+        "mailboxes" => {
+            // A registered store answers workers it has never heard of.
+            let store = spawn(
+                small(),
+                FnOnce!(|_parent: Pid| {
+                    register("store").unwrap();
+                    let requests = Mailbox::<u64>::open("requests");
+                    for _ in 0..3 {
+                        let (from, key) = requests.recv().block().unwrap();
+                        Sender::<u64>::to_mailbox(from, "replies")
+                            .send(key * 100)
+                            .block();
+                    }
+                }),
+            )
+            .block()
+            .unwrap();
+            while whereis("store") != Some(store) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let workers: Vec<Pid> = (1..=3u64)
+                .map(|key| {
+                    spawn(
+                        small(),
+                        FnOnce!(move |parent: Pid| {
+                            let replies = Mailbox::<u64>::open("replies");
+                            Sender::<u64>::to_registered("store", "requests")
+                                .send(key)
+                                .block();
+                            let (_, value) = replies.recv().block().unwrap();
+                            Sender::<u64>::new(parent).send(value).block();
+                        }),
+                    )
+                    .block()
+                    .unwrap()
+                })
+                .collect();
+            let mut answers: Vec<u64> = workers
+                .iter()
+                .map(|&w| Receiver::<u64>::new(w).recv().block().unwrap())
+                .collect();
+            answers.sort();
+            println!("answers: {answers:?}");
+            let typed = Mailbox::<String>::open("typed");
+            let me = pid();
+            spawn(
+                small(),
+                FnOnce!(move |_parent: Pid| Sender::<u64>::to_mailbox(me, "typed").send(5).block()),
+            )
+            .block()
+            .unwrap();
+            println!("typed: {:?}", typed.recv().block().map(|(_, v)| v));
+        }
         other => {
             eprintln!("unknown scenario {other:?}");
             std::process::exit(2);

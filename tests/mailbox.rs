@@ -1,0 +1,16 @@
+//! Mailboxes: a registered server answers processes it has never met; values of
+//! the wrong type are an error.
+mod util;
+use util::Job;
+
+#[test]
+fn a_registered_server_answers_workers_it_never_met() {
+    let job = Job::new("scenarios", &["mailboxes"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("answers: "), "answers: [100, 200, 300]");
+    assert_eq!(
+        job.line("typed: "),
+        "typed: Err(TypeMismatch { expected: \"alloc::string::String\", found: \"u64\" })"
+    );
+    job.assert_nothing_left();
+}
