@@ -21,23 +21,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // The baseline's processes: plain std, no constellation at all.
     if args.get(1).map(String::as_str) == Some(RAW) {
-        raw_child(
-            &args[2],
-            &args[3],
-            args.get(4).map_or(0, |n| n.parse().unwrap()),
-        );
+        raw_child(&args[2], &args[3], args.get(4).map_or(0, |n| n.parse().unwrap()));
         return;
     }
     // The top process holds a thousand connections in `fanout_1000`.
-    init(Resources {
-        mem: 2 * Mem::GIB,
-        cpu: Cpu::CORE,
-    });
-    let wanted: Vec<&str> = args[1..]
-        .iter()
-        .map(String::as_str)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    init(Resources { mem: 2 * Mem::GIB, cpu: Cpu::CORE });
+    let wanted: Vec<&str> = args[1..].iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
     let run = |name: &str| wanted.is_empty() || wanted.contains(&name);
     let mut results = Vec::new();
     if run("spawn") {
@@ -58,19 +47,9 @@ fn main() {
     if run("rss") {
         results.push(rss());
     }
-    println!(
-        "{:<14} {:>14} {:>14} {:>8}  unit",
-        "scenario", "ours", "baseline", "ratio"
-    );
+    println!("{:<14} {:>14} {:>14} {:>8}  unit", "scenario", "ours", "baseline", "ratio");
     for r in &results {
-        println!(
-            "{:<14} {:>14.1} {:>14.1} {:>8.2}  {}",
-            r.name,
-            r.ours,
-            r.baseline,
-            r.ours / r.baseline,
-            r.unit
-        );
+        println!("{:<14} {:>14.1} {:>14.1} {:>8.2}  {}", r.name, r.ours, r.baseline, r.ours / r.baseline, r.unit);
     }
     for r in &results {
         println!(
@@ -97,10 +76,7 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 fn small() -> Resources {
-    Resources {
-        mem: 20 * Mem::MIB,
-        cpu: Cpu::CORE / 16,
-    }
+    Resources { mem: 20 * Mem::MIB, cpu: Cpu::CORE / 16 }
 }
 
 // ---- the raw baseline's child process ----
@@ -130,9 +106,7 @@ fn raw_child(mode: &str, addr: &str, n: u64) {
         "big" => {
             let payload = vec![7u8; 1 << 20];
             for _ in 0..n {
-                stream
-                    .write_all(&(payload.len() as u32).to_le_bytes())
-                    .unwrap();
+                stream.write_all(&(payload.len() as u32).to_le_bytes()).unwrap();
                 stream.write_all(&payload).unwrap();
             }
         }
@@ -146,12 +120,7 @@ fn raw_child(mode: &str, addr: &str, n: u64) {
 
 fn raw_spawn(mode: &str, listener: &TcpListener, n: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([
-            RAW,
-            mode,
-            &listener.local_addr().unwrap().to_string(),
-            &n.to_string(),
-        ])
+        .args([RAW, mode, &listener.local_addr().unwrap().to_string(), &n.to_string()])
         .stdin(Stdio::null())
         .spawn()
         .expect("spawning the raw child")
@@ -187,12 +156,7 @@ fn spawn_latency() -> Figure {
     let listener = loopback();
     for _ in 0..200 {
         let start = Instant::now();
-        let child = spawn(
-            small(),
-            FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(42).block()),
-        )
-        .block()
-        .unwrap();
+        let child = spawn(small(), FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(42).block())).block().unwrap();
         let value = Receiver::<u64>::new(child).recv().block().unwrap();
         ours.push(start.elapsed().as_secs_f64() * 1e3);
         assert_eq!(value, 42);
@@ -204,12 +168,7 @@ fn spawn_latency() -> Figure {
         raw.push(start.elapsed().as_secs_f64() * 1e3);
         child.wait().unwrap();
     }
-    Figure {
-        name: "spawn",
-        ours: median(ours),
-        baseline: median(raw),
-        unit: "ms",
-    }
+    Figure { name: "spawn", ours: median(ours), baseline: median(raw), unit: "ms" }
 }
 
 fn rtt() -> Figure {
@@ -250,12 +209,7 @@ fn rtt() -> Figure {
     }
     drop(raw_stream);
     child.wait().unwrap();
-    Figure {
-        name: "rtt",
-        ours: median(ours),
-        baseline: median(raw),
-        unit: "us",
-    }
+    Figure { name: "rtt", ours: median(ours), baseline: median(raw), unit: "us" }
 }
 
 fn stream_small() -> Figure {
@@ -297,12 +251,7 @@ fn stream_small() -> Figure {
         assert_eq!(sum, N * (N - 1) / 2);
         child.wait().unwrap();
     }
-    Figure {
-        name: "stream_small",
-        ours: median(ours),
-        baseline: median(raw),
-        unit: "msg/s",
-    }
+    Figure { name: "stream_small", ours: median(ours), baseline: median(raw), unit: "msg/s" }
 }
 
 fn stream_1mib() -> Figure {
@@ -311,15 +260,9 @@ fn stream_1mib() -> Figure {
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
     let listener = loopback();
     for _ in 0..RUNS {
-        let child = spawn(
-            Resources {
-                mem: 100 * Mem::MIB,
-                ..small()
-            },
-            FnOnce!(|parent: Pid| send_big(parent, N)),
-        )
-        .block()
-        .unwrap();
+        let child = spawn(Resources { mem: 100 * Mem::MIB, ..small() }, FnOnce!(|parent: Pid| send_big(parent, N)))
+            .block()
+            .unwrap();
         let receiver = Receiver::<Vec<u8>>::new(child);
         let start = Instant::now();
         let mut bytes = 0usize;
@@ -343,12 +286,7 @@ fn stream_1mib() -> Figure {
         child.wait().unwrap();
     }
     // Higher is better for throughput: the ratio is ours / baseline all the same.
-    Figure {
-        name: "stream_1mib",
-        ours: median(ours),
-        baseline: median(raw),
-        unit: "MB/s",
-    }
+    Figure { name: "stream_1mib", ours: median(ours), baseline: median(raw), unit: "MB/s" }
 }
 
 fn send_big(parent: Pid, n: u64) {
@@ -363,18 +301,11 @@ fn fanout() -> Figure {
     let start = Instant::now();
     let spawns = (0..N).map(|i| {
         spawn(
-            Resources {
-                mem: 16 * Mem::MIB,
-                cpu: Cpu::CORE / 16,
-            },
+            Resources { mem: 16 * Mem::MIB, cpu: Cpu::CORE / 16 },
             FnOnce!(move |parent: Pid| Sender::<u64>::new(parent).send(i as u64).block()),
         )
     });
-    let children: Vec<Pid> = join_all(spawns)
-        .block()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let children: Vec<Pid> = join_all(spawns).block().into_iter().map(Result::unwrap).collect();
     let replies = join_all(children.iter().map(|&c| async move {
         let receiver = Receiver::<u64>::new(c);
         receiver.recv().await.unwrap()
@@ -400,12 +331,7 @@ fn fanout() -> Figure {
     }
     let raw = start.elapsed().as_secs_f64() * 1e3;
     children.iter_mut().for_each(|c| drop(c.wait()));
-    Figure {
-        name: "fanout_1000",
-        ours,
-        baseline: raw,
-        unit: "ms",
-    }
+    Figure { name: "fanout_1000", ours, baseline: raw, unit: "ms" }
 }
 
 fn rss() -> Figure {
@@ -432,10 +358,5 @@ fn rss() -> Figure {
     stream.read_exact(&mut buf).unwrap();
     drop(stream);
     child.wait().unwrap();
-    Figure {
-        name: "rss",
-        ours: ours as f64,
-        baseline: u64::from_le_bytes(buf) as f64,
-        unit: "kB",
-    }
+    Figure { name: "rss", ours: ours as f64, baseline: u64::from_le_bytes(buf) as f64, unit: "kB" }
 }

@@ -8,16 +8,11 @@ fn main() {
         Resources::default(),
         FnOnce!(move |parent: Pid| {
             println!("Hello from {}, spawned by {parent}.", pid());
-            Sender::<String>::new(parent)
-                .send(format!("greetings from {}", pid()))
-                .block();
+            Sender::<String>::new(parent).send(format!("greetings from {}", pid())).block();
         }),
     )
     .block()
     .expect("spawn failed");
-    let greeting = Receiver::<String>::new(child)
-        .recv()
-        .block()
-        .expect("the child ended without a word");
+    let greeting = Receiver::<String>::new(child).recv().block().expect("the child ended without a word");
     println!("The child sent: {greeting}");
 }

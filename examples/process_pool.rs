@@ -13,10 +13,7 @@ fn main() {
     let workers: Vec<Pid> = (0..WORKERS)
         .map(|_| {
             spawn(
-                Resources {
-                    mem: 20 * Mem::MIB,
-                    ..Resources::default()
-                },
+                Resources { mem: 20 * Mem::MIB, ..Resources::default() },
                 FnOnce!(|parent: Pid| {
                     let jobs = Receiver::<Option<u64>>::new(parent);
                     let results = Sender::<u64>::new(parent);
@@ -32,10 +29,7 @@ fn main() {
             .expect("spawn failed")
         })
         .collect();
-    let senders: Vec<_> = workers
-        .iter()
-        .map(|&w| Sender::<Option<u64>>::new(w))
-        .collect();
+    let senders: Vec<_> = workers.iter().map(|&w| Sender::<Option<u64>>::new(w)).collect();
     let receivers: Vec<_> = workers.iter().map(|&w| Receiver::<u64>::new(w)).collect();
     for job in 0..JOBS {
         senders[job as usize % WORKERS].send(Some(job)).block();
@@ -45,10 +39,7 @@ fn main() {
     }
     let mut total = 0;
     for job in 0..JOBS {
-        total += receivers[job as usize % WORKERS]
-            .recv()
-            .block()
-            .expect("a worker died");
+        total += receivers[job as usize % WORKERS].recv().block().expect("a worker died");
     }
     let expected: u64 = (0..JOBS).map(|j| j * j).sum();
     println!("sum of squares of 0..{JOBS} = {total} (expected {expected})");

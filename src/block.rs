@@ -32,9 +32,7 @@ impl Wake for ThreadWaker {
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.notified.swap(true, Ordering::SeqCst) {
             match &self.eventfd {
-                Some(fd) if self.polling.load(Ordering::SeqCst) => {
-                    sys::eventfd_signal(fd.as_raw_fd())
-                }
+                Some(fd) if self.polling.load(Ordering::SeqCst) => sys::eventfd_signal(fd.as_raw_fd()),
                 _ => self.thread.unpark(),
             }
         }
@@ -91,10 +89,7 @@ pub trait Block: Future {
                 (Some(socket), Some(eventfd)) => {
                     waker_state.polling.store(true, Ordering::SeqCst);
                     if !waker_state.notified.swap(false, Ordering::SeqCst) {
-                        let _ = sys::poll(
-                            &[(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)],
-                            None,
-                        );
+                        let _ = sys::poll(&[(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)], None);
                         waker_state.notified.store(false, Ordering::SeqCst);
                     }
                     waker_state.polling.store(false, Ordering::SeqCst);
@@ -126,10 +121,7 @@ pub struct Sleep {
 /// If [`init`](crate::init) has not been called.
 pub fn sleep(duration: Duration) -> Sleep {
     runtime::get();
-    Sleep {
-        deadline: Instant::now() + duration,
-        slot: None,
-    }
+    Sleep { deadline: Instant::now() + duration, slot: None }
 }
 
 impl Future for Sleep {
@@ -190,10 +182,7 @@ pub struct Timeout<F> {
 /// # }
 /// ```
 pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
-    Timeout {
-        future: Box::pin(future),
-        sleep: sleep(duration),
-    }
+    Timeout { future: Box::pin(future), sleep: sleep(duration) }
 }
 
 impl<F: Future> Future for Timeout<F> {

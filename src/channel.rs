@@ -141,9 +141,7 @@ enum Route {
 
 impl<T: Serialize> fmt::Debug for Sender<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sender")
-            .field("route", &self.route)
-            .finish()
+        f.debug_struct("Sender").field("route", &self.route).finish()
     }
 }
 
@@ -155,10 +153,7 @@ impl<T: Serialize> Sender<T> {
     /// or if [`init`](crate::init) has not been called.
     pub fn new(pid: Pid) -> Sender<T> {
         let me = runtime::get().me;
-        assert!(
-            pid != me,
-            "constellation: cannot open a Sender from process {me} to itself"
-        );
+        assert!(pid != me, "constellation: cannot open a Sender from process {me} to itself");
         runtime::with_net(|net| {
             let peer = net.peer(pid);
             assert!(
@@ -169,10 +164,7 @@ impl<T: Serialize> Sender<T> {
             net.connect(pid);
             net.open_sender(pid, std::any::type_name::<T>());
         });
-        Sender {
-            route: Route::Channel(pid),
-            _type: PhantomData,
-        }
+        Sender { route: Route::Channel(pid), _type: PhantomData }
     }
 
     /// A sender to the mailbox `mailbox` of process `pid` (see [`Mailbox`](crate::Mailbox)).
@@ -182,13 +174,7 @@ impl<T: Serialize> Sender<T> {
     /// If [`init`](crate::init) has not been called.
     pub fn to_mailbox(pid: Pid, mailbox: &str) -> Sender<T> {
         runtime::get();
-        Sender {
-            route: Route::Mail {
-                to: MailTo::Pid(pid),
-                mailbox: mailbox.to_owned(),
-            },
-            _type: PhantomData,
-        }
+        Sender { route: Route::Mail { to: MailTo::Pid(pid), mailbox: mailbox.to_owned() }, _type: PhantomData }
     }
 
     /// A sender to the mailbox `mailbox` of whichever process is registered as
@@ -200,10 +186,7 @@ impl<T: Serialize> Sender<T> {
     pub fn to_registered(name: &str, mailbox: &str) -> Sender<T> {
         runtime::get();
         Sender {
-            route: Route::Mail {
-                to: MailTo::Name(name.to_owned()),
-                mailbox: mailbox.to_owned(),
-            },
+            route: Route::Mail { to: MailTo::Name(name.to_owned()), mailbox: mailbox.to_owned() },
             _type: PhantomData,
         }
     }
@@ -211,15 +194,8 @@ impl<T: Serialize> Sender<T> {
     /// The process this sends to, unless it sends to a registered name.
     pub fn remote_pid(&self) -> Option<Pid> {
         match &self.route {
-            Route::Channel(pid)
-            | Route::Mail {
-                to: MailTo::Pid(pid),
-                ..
-            } => Some(*pid),
-            Route::Mail {
-                to: MailTo::Name(_),
-                ..
-            } => None,
+            Route::Channel(pid) | Route::Mail { to: MailTo::Pid(pid), .. } => Some(*pid),
+            Route::Mail { to: MailTo::Name(_), .. } => None,
         }
     }
 
@@ -231,10 +207,7 @@ impl<T: Serialize> Sender<T> {
     /// If `value` cannot be serialised (its `Serialize` impl fails, or it is larger
     /// than 1 GiB).
     pub fn send(&self, value: T) -> Send<'_, T> {
-        Send {
-            sender: self,
-            value: Some(value),
-        }
+        Send { sender: self, value: Some(value) }
     }
 
     /// Queues `value` now, or hands it back: [`SendError::Full`] if the buffer is
@@ -273,19 +246,11 @@ impl<T: Serialize> Sender<T> {
             Route::Channel(pid) => net.queue_value(*pid, value),
             Route::Mail { to, mailbox } => codec::encode(value).map(|value| {
                 let type_name = std::any::type_name::<T>().to_owned();
-                net.request(&Request::Mail {
-                    to: to.clone(),
-                    mailbox: mailbox.clone(),
-                    type_name,
-                    value,
-                });
+                net.request(&Request::Mail { to: to.clone(), mailbox: mailbox.clone(), type_name, value });
             }),
         };
         if let Err(error) = result {
-            panic!(
-                "constellation: cannot serialise a value to send ({:?}): {error}",
-                self.route
-            );
+            panic!("constellation: cannot serialise a value to send ({:?}): {error}", self.route);
         }
     }
 
@@ -333,9 +298,7 @@ pub struct Send<'a, T: Serialize> {
 
 impl<T: Serialize> fmt::Debug for Send<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Send")
-            .field("route", &self.sender.route)
-            .finish()
+        f.debug_struct("Send").field("route", &self.sender.route).finish()
     }
 }
 
@@ -426,10 +389,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// process, or if [`init`](crate::init) has not been called.
     pub fn new(pid: Pid) -> Receiver<T> {
         let me = runtime::get().me;
-        assert!(
-            pid != me,
-            "constellation: cannot open a Receiver in process {me} from itself"
-        );
+        assert!(pid != me, "constellation: cannot open a Receiver in process {me} from itself");
         runtime::with_net(|net| {
             let peer = net.peer(pid);
             assert!(
@@ -438,10 +398,7 @@ impl<T: DeserializeOwned> Receiver<T> {
             );
             peer.has_receiver = true;
         });
-        Receiver {
-            pid,
-            _type: PhantomData,
-        }
+        Receiver { pid, _type: PhantomData }
     }
 
     /// The process this channel receives from.
@@ -499,14 +456,12 @@ impl<T: DeserializeOwned> Receiver<T> {
                         if !peer.mismatched {
                             continue;
                         }
-                        Err(RecvError::TypeMismatch {
-                            expected: expected.to_owned(),
-                            found: found.into_owned(),
-                        })
+                        Err(RecvError::TypeMismatch { expected: expected.to_owned(), found: found.into_owned() })
                     }
                     FRAME_DATA if peer.mismatched => continue,
-                    FRAME_DATA => codec::decode(peer.inbox.bytes(payload))
-                        .map_err(|e| RecvError::Corrupt(e.to_string())),
+                    FRAME_DATA => {
+                        codec::decode(peer.inbox.bytes(payload)).map_err(|e| RecvError::Corrupt(e.to_string()))
+                    }
                     FRAME_CLOSE => Err(RecvError::SenderDropped),
                     other => {
                         let error = codec::CodecError(format!("unknown frame kind {other}"));
@@ -541,9 +496,7 @@ pub struct Recv<'a, T: DeserializeOwned> {
 
 impl<T: DeserializeOwned> fmt::Debug for Recv<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Recv")
-            .field("pid", &self.receiver.pid)
-            .finish()
+        f.debug_struct("Recv").field("pid", &self.receiver.pid).finish()
     }
 }
 

@@ -46,15 +46,11 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
 }
 
 fn decode_byte_vec(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let (len, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or_else(|| CodecError("a byte vector without its length".into()))?;
+    let (len, rest) =
+        bytes.split_first_chunk::<8>().ok_or_else(|| CodecError("a byte vector without its length".into()))?;
     let len = u64::from_le_bytes(*len);
     if len != rest.len() as u64 {
-        return Err(CodecError(format!(
-            "a byte vector of length {len} in {} bytes",
-            rest.len()
-        )));
+        return Err(CodecError(format!("a byte vector of length {len} in {} bytes", rest.len())));
     }
     Ok(rest.to_vec())
 }
@@ -66,11 +62,7 @@ fn is_byte_vec<T: ?Sized>() -> bool {
 }
 
 /// Appends a frame of `kind` holding `value` to `buf`. On error `buf` is unchanged.
-pub(crate) fn append_frame<T: Serialize + ?Sized>(
-    buf: &mut Vec<u8>,
-    kind: u8,
-    value: &T,
-) -> Result<(), CodecError> {
+pub(crate) fn append_frame<T: Serialize + ?Sized>(buf: &mut Vec<u8>, kind: u8, value: &T) -> Result<(), CodecError> {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0, 0, 0, kind]);
     if is_byte_vec::<T>() {
@@ -85,9 +77,7 @@ pub(crate) fn append_frame<T: Serialize + ?Sized>(
     let len = buf.len() - start - 4;
     if len > MAX_FRAME {
         buf.truncate(start);
-        return Err(CodecError(format!(
-            "a value of {len} bytes is larger than the largest frame ({MAX_FRAME} bytes)"
-        )));
+        return Err(CodecError(format!("a value of {len} bytes is larger than the largest frame ({MAX_FRAME} bytes)")));
     }
     buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
@@ -122,11 +112,7 @@ pub(crate) fn next_frame(buf: &[u8]) -> Result<Option<Frame>, CodecError> {
     if buf.len() < 4 + len {
         return Ok(None);
     }
-    Ok(Some(Frame {
-        kind: buf[4],
-        payload: HEADER..4 + len,
-        len: 4 + len,
-    }))
+    Ok(Some(Frame { kind: buf[4], payload: HEADER..4 + len, len: 4 + len }))
 }
 
 /// How many bytes the frame that starts `buf` needs in all, once its header is there.
@@ -149,10 +135,7 @@ mod tests {
         assert_eq!(value, (1, "two".to_string()));
         let rest = &buf[first.len..];
         let second = next_frame(rest).unwrap().unwrap();
-        assert_eq!(
-            (second.kind, &rest[second.payload.clone()]),
-            (9, &b"raw"[..])
-        );
+        assert_eq!((second.kind, &rest[second.payload.clone()]), (9, &b"raw"[..]));
         assert!(next_frame(&rest[..3]).unwrap().is_none());
     }
 

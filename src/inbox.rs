@@ -65,10 +65,7 @@ impl Inbox {
 
     /// Whether a complete frame is waiting.
     pub(crate) fn has_frame(&self) -> bool {
-        matches!(
-            codec::next_frame(&self.buf[self.pos..]),
-            Ok(Some(_)) | Err(_)
-        )
+        matches!(codec::next_frame(&self.buf[self.pos..]), Ok(Some(_)) | Err(_))
     }
 
     /// Releases the space of frames already taken, once everything is taken.

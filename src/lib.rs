@@ -52,11 +52,12 @@ pub use channel::{Receiver, RecvError, SendError, Sender};
 pub use exit_status::ExitStatus;
 pub use mailbox::{Mailbox, MailboxRecv};
 pub use otp::{
-    demonitor, exits, kill, link, monitor, on_shutdown, register, shutdown, shutdown_and_wait,
-    spawn_link, trap_exits, unlink, unregister, whereis, Down, Exit, Exits, Monitor, RegisterError,
+    demonitor, exits, kill, link, monitor, on_shutdown, register, report_supervisor_event, shutdown, shutdown_and_wait,
+    spawn_link, trap_exits, unlink, unregister, whereis, Down, Exit, Exits, Monitor, RegisterError, SupervisorAction,
+    SupervisorEvent,
 };
 pub use pid::Pid;
 pub use resources::{Cpu, Mem, ParseResourceError, Resources};
 pub use runtime::{init, pid, resources};
 pub use serde_closure::{Fn, FnMut, FnOnce};
-pub use spawn::{spawn, try_spawn, Spawn, SpawnError};
+pub use spawn::{spawn, try_spawn, ProcessFn, Spawn, SpawnError, SpawnOptions};

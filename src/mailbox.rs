@@ -53,16 +53,10 @@ impl<T: DeserializeOwned> Mailbox<T> {
     pub fn open(name: &str) -> Mailbox<T> {
         runtime::with_net(|net| {
             let queue = net.mail.entry(name.to_owned()).or_default();
-            assert!(
-                !queue.open,
-                "constellation: this process already has the mailbox {name:?} open"
-            );
+            assert!(!queue.open, "constellation: this process already has the mailbox {name:?} open");
             queue.open = true;
         });
-        Mailbox {
-            name: name.to_owned(),
-            _type: PhantomData,
-        }
+        Mailbox { name: name.to_owned(), _type: PhantomData }
     }
 
     /// The mailbox's name.
@@ -83,10 +77,7 @@ impl<T: DeserializeOwned> Mailbox<T> {
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<(Pid, T), RecvError>> {
         let next = runtime::with_net(|net| {
             let lost = net.bridge_is_lost();
-            let queue = net
-                .mail
-                .get_mut(&self.name)
-                .expect("open mailboxes have queues");
+            let queue = net.mail.get_mut(&self.name).expect("open mailboxes have queues");
             match queue.items.pop_front() {
                 Some(item) => Poll::Ready(Some(item)),
                 None if lost => Poll::Ready(None),
@@ -100,10 +91,7 @@ impl<T: DeserializeOwned> Mailbox<T> {
             let (from, type_name, bytes) = item.ok_or(RecvError::BridgeLost)?;
             let expected = std::any::type_name::<T>();
             if type_name != expected {
-                return Err(RecvError::TypeMismatch {
-                    expected: expected.to_owned(),
-                    found: type_name,
-                });
+                return Err(RecvError::TypeMismatch { expected: expected.to_owned(), found: type_name });
             }
             let value = codec::decode(&bytes).map_err(|e| RecvError::Corrupt(e.to_string()))?;
             Ok((from, value))
@@ -130,9 +118,7 @@ pub struct MailboxRecv<'a, T: DeserializeOwned> {
 
 impl<T: DeserializeOwned> fmt::Debug for MailboxRecv<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MailboxRecv")
-            .field("mailbox", &self.mailbox.name)
-            .finish()
+        f.debug_struct("MailboxRecv").field("mailbox", &self.mailbox.name).finish()
     }
 }
 

@@ -42,14 +42,7 @@ struct Stream {
 
 /// Runs the monitor until its process has ended and been reported; never returns.
 pub(crate) fn run(setup: Setup) -> ! {
-    let Setup {
-        child,
-        mut bridge,
-        stdout,
-        stderr,
-        panic,
-        resources,
-    } = setup;
+    let Setup { child, mut bridge, stdout, stderr, panic, resources } = setup;
     let pidfd = match sys::pidfd_open(child) {
         Ok(fd) => fd,
         Err(_) => {
@@ -58,21 +51,9 @@ pub(crate) fn run(setup: Setup) -> ! {
         }
     };
     let mut streams = [
-        Stream {
-            fd: stdout,
-            number: 1,
-            open: true,
-        },
-        Stream {
-            fd: stderr,
-            number: 2,
-            open: true,
-        },
-        Stream {
-            fd: panic,
-            number: 0,
-            open: true,
-        },
+        Stream { fd: stdout, number: 1, open: true },
+        Stream { fd: stderr, number: 2, open: true },
+        Stream { fd: panic, number: 0, open: true },
     ];
     let mut panic_message = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -96,19 +77,10 @@ pub(crate) fn run(setup: Setup) -> ! {
             }
             None => kill_at.map(|at| at.saturating_duration_since(Instant::now())),
         };
-        let mut fds: Vec<(i32, i16)> = streams
-            .iter()
-            .map(|s| (if s.open { s.fd.as_raw_fd() } else { -1 }, libc::POLLIN))
-            .collect();
+        let mut fds: Vec<(i32, i16)> =
+            streams.iter().map(|s| (if s.open { s.fd.as_raw_fd() } else { -1 }, libc::POLLIN)).collect();
         fds.push((bridge.as_raw_fd(), libc::POLLIN));
-        fds.push((
-            if ended.is_none() {
-                pidfd.as_raw_fd()
-            } else {
-                -1
-            },
-            libc::POLLIN,
-        ));
+        fds.push((if ended.is_none() { pidfd.as_raw_fd() } else { -1 }, libc::POLLIN));
         let ready = match sys::poll(&fds, timeout) {
             Ok(ready) => ready,
             Err(_) => {
@@ -124,25 +96,11 @@ pub(crate) fn run(setup: Setup) -> ! {
                 Ok(0) | Err(_) => {
                     stream.open = false;
                     if stream.number != 0 {
-                        send(
-                            &mut bridge,
-                            &Report::Output {
-                                fd: stream.number,
-                                data: Vec::new(),
-                            },
-                            child,
-                        );
+                        send(&mut bridge, &Report::Output { fd: stream.number, data: Vec::new() }, child);
                     }
                 }
                 Ok(n) if stream.number == 0 => panic_message.extend_from_slice(&buf[..n]),
-                Ok(n) => send(
-                    &mut bridge,
-                    &Report::Output {
-                        fd: stream.number,
-                        data: buf[..n].to_vec(),
-                    },
-                    child,
-                ),
+                Ok(n) => send(&mut bridge, &Report::Output { fd: stream.number, data: buf[..n].to_vec() }, child),
             }
         }
         if ready[3] != 0 {
@@ -177,16 +135,8 @@ pub(crate) fn run(setup: Setup) -> ! {
         }
     }
     let (status, _) = ended.expect("the loop ends only after the process has");
-    let first_panic = panic_message
-        .split(|&b| b == 0)
-        .next()
-        .filter(|m| !m.is_empty());
-    let status = exit_status(
-        status,
-        first_panic.map(|m| String::from_utf8_lossy(m).into_owned()),
-        child,
-        &resources,
-    );
+    let first_panic = panic_message.split(|&b| b == 0).next().filter(|m| !m.is_empty());
+    let status = exit_status(status, first_panic.map(|m| String::from_utf8_lossy(m).into_owned()), child, &resources);
     // A process the bridge had killed or shut down is reported as such, unless it
     // panicked first.
     let status = match (imposed, status) {
@@ -199,17 +149,10 @@ pub(crate) fn run(setup: Setup) -> ! {
     sys::exit_now(0)
 }
 
-fn exit_status(
-    status: WaitStatus,
-    panic: Option<String>,
-    child: OsPid,
-    resources: &Resources,
-) -> ExitStatus {
+fn exit_status(status: WaitStatus, panic: Option<String>, child: OsPid, resources: &Resources) -> ExitStatus {
     match (status, panic) {
         (WaitStatus::Exited(0), _) => ExitStatus::Success,
-        (WaitStatus::Exited(_) | WaitStatus::Signaled(_), Some(message)) => {
-            ExitStatus::Panicked(message)
-        }
+        (WaitStatus::Exited(_) | WaitStatus::Signaled(_), Some(message)) => ExitStatus::Panicked(message),
         (WaitStatus::Exited(code), None) => ExitStatus::Code(code),
         (WaitStatus::Signaled(libc::SIGKILL), None) if sys::memory_exceeded(child) => {
             ExitStatus::MemoryExceeded(resources.mem)
@@ -220,9 +163,7 @@ fn exit_status(
 
 fn send(bridge: &mut UnixStream, report: &Report, child: OsPid) {
     let mut frame = Vec::new();
-    if codec::append_frame(&mut frame, KIND_MESSAGE, report).is_err()
-        || bridge.write_all(&frame).is_err()
-    {
+    if codec::append_frame(&mut frame, KIND_MESSAGE, report).is_err() || bridge.write_all(&frame).is_err() {
         bridge_lost(child);
     }
 }

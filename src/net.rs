@@ -168,11 +168,7 @@ impl Net {
         mut control: UnixStream,
     ) -> io::Result<Net> {
         registry.register(&mut listener, LISTENER, Interest::READABLE)?;
-        registry.register(
-            &mut control,
-            CONTROL,
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        registry.register(&mut control, CONTROL, Interest::READABLE | Interest::WRITABLE)?;
         Ok(Net {
             me,
             token,
@@ -181,12 +177,7 @@ impl Net {
             sockets: Slab::new(),
             peers: PidMap::default(),
             dirty: Vec::new(),
-            control: Control {
-                stream: control,
-                rbuf: Vec::new(),
-                wbuf: Vec::new(),
-                lost: false,
-            },
+            control: Control { stream: control, rbuf: Vec::new(), wbuf: Vec::new(), lost: false },
             calls: HashMap::new(),
             next_call_id: 0,
             exits: VecDeque::new(),
@@ -252,11 +243,7 @@ impl Net {
         let _ = stream.set_nodelay(true);
         let entry = self.sockets.vacant_entry();
         let key = entry.key();
-        if let Err(error) = self.registry.register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(error) = self.registry.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
             log::warn!("registering a connection to {pid}: {error}");
             self.peer_closed(pid);
             return;
@@ -264,12 +251,7 @@ impl Net {
         let mut ctl_out = Vec::new();
         let hello = codec::append_frame(&mut ctl_out, FRAME_HELLO, &(self.me, pid, self.token));
         debug_assert!(hello.is_ok());
-        entry.insert(Socket {
-            stream,
-            phase: Phase::AwaitReply(pid),
-            partial: Vec::new(),
-            ctl_out,
-        });
+        entry.insert(Socket { stream, phase: Phase::AwaitReply(pid), partial: Vec::new(), ctl_out });
         self.peer(pid).connecting = Some(key);
     }
 
@@ -296,17 +278,12 @@ impl Net {
     }
 
     /// Queues a value for `pid`; values for a process that is gone are dropped.
-    pub(crate) fn queue_value<T: serde::Serialize>(
-        &mut self,
-        pid: Pid,
-        value: &T,
-    ) -> Result<(), CodecError> {
+    pub(crate) fn queue_value<T: serde::Serialize>(&mut self, pid: Pid, value: &T) -> Result<(), CodecError> {
         let peer = self.peer(pid);
         if peer.gone() {
             return Ok(());
         }
-        peer.out
-            .append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
+        peer.out.append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
         self.mark_dirty(pid);
         Ok(())
     }
@@ -395,18 +372,12 @@ impl Net {
             .values()
             .filter(|p| !p.gone())
             .map(|p| {
-                let kernel = p
-                    .sock
-                    .and_then(|key| sys::unsent_bytes(self.sockets[key].stream.as_raw_fd()).ok())
-                    .unwrap_or(0);
+                let kernel =
+                    p.sock.and_then(|key| sys::unsent_bytes(self.sockets[key].stream.as_raw_fd()).ok()).unwrap_or(0);
                 p.queued() + kernel
             })
             .sum();
-        let control = if self.control.lost {
-            0
-        } else {
-            self.control.wbuf.len()
-        };
+        let control = if self.control.lost { 0 } else { self.control.wbuf.len() };
         peers + control
     }
 
@@ -419,11 +390,7 @@ impl Net {
                     let _ = stream.set_nodelay(true);
                     let entry = self.sockets.vacant_entry();
                     let key = entry.key();
-                    match self.registry.register(
-                        &mut stream,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
+                    match self.registry.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
                         Ok(()) => {
                             entry.insert(Socket {
                                 stream,
@@ -461,9 +428,7 @@ impl Net {
                 while !socket.ctl_out.is_empty() {
                     match socket.stream.write(&socket.ctl_out) {
                         Ok(n) => drop(socket.ctl_out.drain(..n)),
-                        Err(e) if would_block(&e) || e.kind() == io::ErrorKind::NotConnected => {
-                            return
-                        }
+                        Err(e) if would_block(&e) || e.kind() == io::ErrorKind::NotConnected => return,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(error) => {
                             log::debug!("connecting to {pid}: {error}");
@@ -491,10 +456,7 @@ impl Net {
             let fd = socket.stream.as_raw_fd();
             let result = match socket.phase {
                 Phase::Established(pid) => {
-                    let peer = self
-                        .peers
-                        .get_mut(&pid)
-                        .expect("established sockets have peers");
+                    let peer = self.peers.get_mut(&pid).expect("established sockets have peers");
                     if peer.inbox.pending() >= RECV_BOUND {
                         peer.read_paused = true;
                         return;
@@ -527,22 +489,13 @@ impl Net {
     fn read_handshake(&mut self, key: usize) -> io::Result<usize> {
         let socket = &mut self.sockets[key];
         let own = !socket.partial.is_empty();
-        let mut buf = if own {
-            std::mem::take(&mut socket.partial)
-        } else {
-            std::mem::take(&mut self.scratch)
-        };
-        let want = codec::frame_len(&buf)
-            .map_or(READ_CHUNK, |n| n.saturating_sub(buf.len()))
-            .max(READ_CHUNK);
+        let mut buf = if own { std::mem::take(&mut socket.partial) } else { std::mem::take(&mut self.scratch) };
+        let want = codec::frame_len(&buf).map_or(READ_CHUNK, |n| n.saturating_sub(buf.len())).max(READ_CHUNK);
         let result = sys::read_spare(socket.stream.as_raw_fd(), &mut buf, want);
         let mut pos = 0;
         while let Some(socket) = self.sockets.get(key) {
             if let Phase::Established(pid) = socket.phase {
-                let peer = self
-                    .peers
-                    .get_mut(&pid)
-                    .expect("established sockets have peers");
+                let peer = self.peers.get_mut(&pid).expect("established sockets have peers");
                 peer.inbox.extend(&buf[pos..]);
                 if peer.inbox.has_frame() {
                     self.to_wake.extend(peer.recv_waker.take());
@@ -608,9 +561,7 @@ impl Net {
                 self.peer_closed(pid);
             }
             (phase, kind) => {
-                log::warn!(
-                    "closing a connection that sent frame kind {kind} in its handshake ({phase:?})"
-                );
+                log::warn!("closing a connection that sent frame kind {kind} in its handshake ({phase:?})");
                 self.drop_socket(key);
                 if let Phase::AwaitReply(pid) = phase {
                     self.on_connection_lost(pid, key);
@@ -639,11 +590,7 @@ impl Net {
         let me = self.me;
         let peer = self.peer(from);
         let theirs_wins = peer.sock.is_none() && (peer.connecting.is_none() || from < me);
-        let reply = if theirs_wins {
-            FRAME_ACCEPT
-        } else {
-            FRAME_REJECT
-        };
+        let reply = if theirs_wins { FRAME_ACCEPT } else { FRAME_REJECT };
         codec::append_raw_frame(&mut self.sockets[key].ctl_out, reply, &[]);
         if !theirs_wins {
             // Send the answer, then close; our own connection carries the frames.
@@ -745,11 +692,7 @@ impl Net {
     }
 
     /// The answer to request `id` once it comes; `None` if the bridge is gone.
-    pub(crate) fn poll_call(
-        &mut self,
-        id: u64,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Reply>> {
+    pub(crate) fn poll_call(&mut self, id: u64, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Reply>> {
         let lost = self.control.lost;
         let Some(slot) = self.calls.get_mut(&id) else {
             return std::task::Poll::Pending;
@@ -818,12 +761,7 @@ impl Net {
                     self.exits.push_back(Exit { pid, status });
                     self.to_wake.extend(self.exits_waker.take());
                 }
-                Ok(Reply::Mail {
-                    from,
-                    mailbox,
-                    type_name,
-                    value,
-                }) => {
+                Ok(Reply::Mail { from, mailbox, type_name, value }) => {
                     let queue = self.mail.entry(mailbox).or_default();
                     queue.items.push_back((from, type_name, value));
                     self.to_wake.extend(queue.waker.take());
@@ -840,12 +778,8 @@ impl Net {
     /// is received before its end is.
     fn on_ended(&mut self, pid: Pid) {
         self.accept_all();
-        let waiting: Vec<usize> = self
-            .sockets
-            .iter()
-            .filter(|(_, s)| s.phase == Phase::AwaitHello)
-            .map(|(key, _)| key)
-            .collect();
+        let waiting: Vec<usize> =
+            self.sockets.iter().filter(|(_, s)| s.phase == Phase::AwaitHello).map(|(key, _)| key).collect();
         for key in waiting {
             self.read_socket(key);
         }

@@ -114,10 +114,7 @@ impl Future for Monitor {
         poll_call(self.id, cx).map(|reply| match reply {
             Some(Reply::Down { pid, status, .. }) => Down { pid, status },
             // Without a bridge nobody can tell; the job is ending.
-            _ => Down {
-                pid: self.pid,
-                status: ExitStatus::Lost,
-            },
+            _ => Down { pid: self.pid, status: ExitStatus::Lost },
         })
     }
 }
@@ -149,7 +146,7 @@ pub fn spawn_link<F>(resources: Resources, f: F) -> Spawn
 where
     F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
 {
-    Spawn::new::<F>(resources, f, false, true)
+    crate::ProcessFn::new(f).spawn(resources, crate::SpawnOptions { link: true, ..Default::default() })
 }
 
 /// Whether exit signals from linked processes arrive on [`exits`] (`true`) or
@@ -190,12 +187,7 @@ pub fn kill(pid: Pid) {
 /// Asks `pid` to end (SIGTERM, which its [`on_shutdown`] hooks act on), and kills
 /// it if it has not ended after `timeout`. Its status names this process.
 pub fn shutdown(pid: Pid, timeout: Duration) {
-    runtime::with_net(|net| {
-        net.request(&Request::Shutdown {
-            pid,
-            timeout: Some(timeout),
-        })
-    });
+    runtime::with_net(|net| net.request(&Request::Shutdown { pid, timeout: Some(timeout) }));
 }
 
 /// Like [`shutdown`], but never kills: waits as long as the process takes.
@@ -217,23 +209,17 @@ pub fn on_shutdown(f: impl FnOnce() + Send + 'static) {
     hooks.push(Box::new(f));
     drop(hooks);
     if first {
-        let mut signals =
-            signal_hook::iterator::Signals::new([libc::SIGTERM]).unwrap_or_else(|e| {
-                panic!("constellation: cannot handle SIGTERM for on_shutdown: {e}")
-            });
-        let started = std::thread::Builder::new()
-            .name("constellation-shutdown".into())
-            .spawn(move || {
-                if signals.forever().next().is_some() {
-                    let hooks = std::mem::take(
-                        &mut *SHUTDOWN_HOOKS.lock().unwrap_or_else(|e| e.into_inner()),
-                    );
-                    for hook in hooks {
-                        hook();
-                    }
-                    std::process::exit(0);
+        let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM])
+            .unwrap_or_else(|e| panic!("constellation: cannot handle SIGTERM for on_shutdown: {e}"));
+        let started = std::thread::Builder::new().name("constellation-shutdown".into()).spawn(move || {
+            if signals.forever().next().is_some() {
+                let hooks = std::mem::take(&mut *SHUTDOWN_HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
+                for hook in hooks {
+                    hook();
                 }
-            });
+                std::process::exit(0);
+            }
+        });
         if let Err(error) = started {
             panic!("constellation: cannot start the on_shutdown thread: {error}");
         }
@@ -259,10 +245,7 @@ fn call_blocking(make: impl FnOnce(u64) -> Request) -> Option<Reply> {
 /// # Errors
 /// [`RegisterError::Taken`] if another live process holds the name.
 pub fn register(name: &str) -> Result<(), RegisterError> {
-    match call_blocking(|id| Request::Register {
-        id,
-        name: name.to_owned(),
-    }) {
+    match call_blocking(|id| Request::Register { id, name: name.to_owned() }) {
         Some(Reply::Registered { result, .. }) => result,
         _ => Err(RegisterError::BridgeLost),
     }
@@ -270,20 +253,61 @@ pub fn register(name: &str) -> Result<(), RegisterError> {
 
 /// Releases `name` if this process holds it.
 pub fn unregister(name: &str) {
-    runtime::with_net(|net| {
-        net.request(&Request::Unregister {
-            name: name.to_owned(),
-        })
-    });
+    runtime::with_net(|net| net.request(&Request::Unregister { name: name.to_owned() }));
 }
 
 /// The process registered under `name`, if any.
 pub fn whereis(name: &str) -> Option<Pid> {
-    match call_blocking(|id| Request::Whereis {
-        id,
-        name: name.to_owned(),
-    }) {
+    match call_blocking(|id| Request::Whereis { id, name: name.to_owned() }) {
         Some(Reply::Found { pid, .. }) => pid,
         _ => None,
     }
+}
+
+/// What a supervisor did with one of its children, for the job's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisorEvent {
+    /// The child's name in its supervisor.
+    pub child: String,
+    /// The incarnation concerned, if one was running.
+    pub pid: Option<Pid>,
+    /// What happened.
+    pub action: SupervisorAction,
+    /// How the incarnation ended, for `Exited`, or why the supervisor gave up.
+    pub reason: Option<String>,
+    /// Restarts within the supervisor's intensity window, this one included.
+    pub restarts: u32,
+}
+
+/// The kinds of [`SupervisorEvent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SupervisorAction {
+    /// The child was started.
+    Started,
+    /// The child ended on its own (or by a link).
+    Exited,
+    /// The child is being started again.
+    Restarting,
+    /// The supervisor stopped the child.
+    Stopped,
+    /// Too many restarts: the supervisor stops everything and fails.
+    GaveUp,
+}
+
+impl SupervisorAction {
+    /// The word used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SupervisorAction::Started => "started",
+            SupervisorAction::Exited => "exited",
+            SupervisorAction::Restarting => "restarting",
+            SupervisorAction::Stopped => "stopped",
+            SupervisorAction::GaveUp => "gave up",
+        }
+    }
+}
+
+/// Shows `event` on the job's output as one line (and as a JSON `supervisor` event).
+pub fn report_supervisor_event(event: SupervisorEvent) {
+    runtime::with_net(|net| net.request(&Request::Supervisor { event }));
 }

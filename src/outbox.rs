@@ -32,10 +32,7 @@ impl Outbox {
 
     /// Appends frames through `append`, which writes them at the end of the buffer it
     /// is given and reports how it went; on error it must leave the buffer as it was.
-    pub(crate) fn append<E>(
-        &mut self,
-        append: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-    ) -> Result<(), E> {
+    pub(crate) fn append<E>(&mut self, append: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
         if self.chunks.back().is_none_or(|last| last.len() >= CHUNK) {
             self.chunks.push_back(Vec::new());
         }
@@ -56,13 +53,7 @@ impl Outbox {
                 .iter()
                 .take(MAX_SLICES)
                 .enumerate()
-                .map(|(i, chunk)| {
-                    IoSlice::new(if i == 0 {
-                        &chunk[self.head_written..]
-                    } else {
-                        chunk
-                    })
-                })
+                .map(|(i, chunk)| IoSlice::new(if i == 0 { &chunk[self.head_written..] } else { chunk }))
                 .collect();
             match to.write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -149,11 +140,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(outbox.queued(), expected.len());
-        let mut sink = Trickle {
-            written: Vec::new(),
-            limit: 5000,
-            calls_left: 0,
-        };
+        let mut sink = Trickle { written: Vec::new(), limit: 5000, calls_left: 0 };
         while outbox.queued() > 0 {
             sink.calls_left = 3;
             outbox.write_to(&mut sink).unwrap();
@@ -167,11 +154,7 @@ mod tests {
         // A steady stream the socket takes a little slower than it comes: the queue
         // is never empty, yet written chunks must be released as they go.
         let mut outbox = Outbox::default();
-        let mut sink = Trickle {
-            written: Vec::new(),
-            limit: 900 * 1024,
-            calls_left: 0,
-        };
+        let mut sink = Trickle { written: Vec::new(), limit: 900 * 1024, calls_left: 0 };
         let value = vec![1u8; 1024 * 1024];
         for _ in 0..300 {
             outbox
@@ -184,11 +167,7 @@ mod tests {
             outbox.write_to(&mut sink).unwrap();
             sink.written.clear();
             let held: usize = outbox.chunks.iter().map(Vec::capacity).sum();
-            assert!(
-                held <= outbox.queued() + 2 * 1024 * 1024,
-                "{held} bytes held for {} queued",
-                outbox.queued()
-            );
+            assert!(held <= outbox.queued() + 2 * 1024 * 1024, "{held} bytes held for {} queued", outbox.queued());
         }
         assert!(outbox.queued() > 0);
     }

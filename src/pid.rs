@@ -31,11 +31,7 @@ impl Pid {
             IpAddr::V4(ip) => ip.octets(),
             IpAddr::V6(ip) => ip.to_ipv4_mapped().unwrap_or(Ipv4Addr::LOCALHOST).octets(),
         };
-        Pid {
-            incarnation,
-            ip,
-            port: addr.port(),
-        }
+        Pid { incarnation, ip, port: addr.port() }
     }
 
     /// The address this process accepts channel connections on.
@@ -90,8 +86,7 @@ impl Hasher for PidHasher {
 }
 
 /// A `HashMap` keyed by [`Pid`].
-pub(crate) type PidMap<V> =
-    std::collections::HashMap<Pid, V, std::hash::BuildHasherDefault<PidHasher>>;
+pub(crate) type PidMap<V> = std::collections::HashMap<Pid, V, std::hash::BuildHasherDefault<PidHasher>>;
 
 impl fmt::Display for Pid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

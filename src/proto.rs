@@ -1,7 +1,7 @@
 //! The messages between a process, its monitor and the job's bridge, and the
 //! arguments a spawned process starts from.
 
-use crate::{ExitStatus, Pid, RegisterError, Resources, SpawnError};
+use crate::{ExitStatus, Pid, RegisterError, Resources, SpawnError, SpawnOptions, SupervisorEvent};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -13,17 +13,10 @@ pub(crate) const KIND_MESSAGE: u8 = 1;
 /// reply carrying the same `id`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
-    /// Start a process running the closure `arg` through the trampoline at `entry`,
-    /// linked to the caller if `link`.
-    Spawn {
-        id: u64,
-        resources: Resources,
-        try_only: bool,
-        link: bool,
-        entry: isize,
-        arg: Vec<u8>,
-        env: Environment,
-    },
+    /// Start a process running the closure `arg` through the trampoline at `entry`.
+    Spawn { id: u64, resources: Resources, options: SpawnOptions, entry: isize, arg: Vec<u8>, env: Environment },
+    /// Show a supervisor's report on the job's output.
+    Supervisor { event: SupervisorEvent },
     /// Tell me when `pid` has ended (at once if it already has, or never existed).
     Watch { pid: Pid },
     /// Send `Reply::Down { id, .. }` when `pid` ends.
@@ -47,12 +40,7 @@ pub(crate) enum Request {
     /// Which process holds `name`?
     Whereis { id: u64, name: String },
     /// Deliver a value to a mailbox of another process.
-    Mail {
-        to: MailTo,
-        mailbox: String,
-        type_name: String,
-        value: Vec<u8>,
-    },
+    Mail { to: MailTo, mailbox: String, type_name: String, value: Vec<u8> },
 }
 
 /// Where a mailbox value goes.
@@ -67,34 +55,19 @@ pub(crate) enum MailTo {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
     /// The answer to `Request::Spawn { id, .. }`.
-    Spawned {
-        id: u64,
-        result: Result<Pid, SpawnError>,
-    },
+    Spawned { id: u64, result: Result<Pid, SpawnError> },
     /// A watched process has ended.
     Ended { pid: Pid },
     /// A monitored process has ended (`Request::Monitor { id, .. }`).
-    Down {
-        id: u64,
-        pid: Pid,
-        status: ExitStatus,
-    },
+    Down { id: u64, pid: Pid, status: ExitStatus },
     /// A linked process has ended, and this process traps exits.
     Exit { pid: Pid, status: ExitStatus },
     /// The answer to `Request::Register { id, .. }`.
-    Registered {
-        id: u64,
-        result: Result<(), RegisterError>,
-    },
+    Registered { id: u64, result: Result<(), RegisterError> },
     /// The answer to `Request::Whereis { id, .. }`.
     Found { id: u64, pid: Option<Pid> },
     /// A value for one of this process's mailboxes.
-    Mail {
-        from: Pid,
-        mailbox: String,
-        type_name: String,
-        value: Vec<u8>,
-    },
+    Mail { from: Pid, mailbox: String, type_name: String, value: Vec<u8> },
 }
 
 impl Reply {
@@ -117,10 +90,7 @@ pub(crate) enum Command {
     Kill { status: ExitStatus },
     /// Send the process SIGTERM, and SIGKILL after `timeout` (never if `None`);
     /// report `status` unless it panicked.
-    Terminate {
-        timeout: Option<Duration>,
-        status: ExitStatus,
-    },
+    Terminate { timeout: Option<Duration>, status: ExitStatus },
 }
 
 /// What a monitor tells the bridge about its process.
@@ -147,12 +117,8 @@ impl Environment {
         use std::os::unix::ffi::OsStringExt;
         Environment {
             args: std::env::args_os().map(OsStringExt::into_vec).collect(),
-            vars: std::env::vars_os()
-                .map(|(k, v)| (k.into_vec(), v.into_vec()))
-                .collect(),
-            cwd: std::env::current_dir()
-                .map(|d| d.into_os_string().into_vec())
-                .unwrap_or_default(),
+            vars: std::env::vars_os().map(|(k, v)| (k.into_vec(), v.into_vec())).collect(),
+            cwd: std::env::current_dir().map(|d| d.into_os_string().into_vec()).unwrap_or_default(),
         }
     }
 }

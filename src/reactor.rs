@@ -59,15 +59,8 @@ impl Timers {
     /// recompute its sleep).
     pub(crate) fn add(&mut self, deadline: Instant, slot: Arc<TimerSlot>) -> bool {
         self.seq += 1;
-        let earliest = self
-            .heap
-            .peek()
-            .is_none_or(|Reverse(first)| deadline < first.deadline);
-        self.heap.push(Reverse(TimerEntry {
-            deadline,
-            seq: self.seq,
-            slot,
-        }));
+        let earliest = self.heap.peek().is_none_or(|Reverse(first)| deadline < first.deadline);
+        self.heap.push(Reverse(TimerEntry { deadline, seq: self.seq, slot }));
         earliest
     }
 
@@ -121,10 +114,7 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
             net.flush_dirty();
             wake.append(&mut net.to_wake);
         }
-        next_deadline = runtime
-            .timers
-            .lock()
-            .fire_expired(Instant::now(), &mut wake);
+        next_deadline = runtime.timers.lock().fire_expired(Instant::now(), &mut wake);
         for waker in wake.drain(..) {
             waker.wake();
         }

@@ -129,19 +129,13 @@ impl FromStr for Mem {
             expected: "an amount of memory such as \"100 MiB\" or \"2 GiB\"",
         };
         let text = s.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
         let unit = unit.trim();
         let multiplier = if unit.is_empty() {
             1
         } else {
-            MEM_UNITS
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(unit))
-                .map(|(_, size)| *size)
-                .ok_or_else(err)?
+            MEM_UNITS.iter().find(|(name, _)| name.eq_ignore_ascii_case(unit)).map(|(_, size)| *size).ok_or_else(err)?
         };
         if let Ok(whole) = number.parse::<u64>() {
             return whole.checked_mul(multiplier).map(Mem).ok_or_else(err);
@@ -177,9 +171,7 @@ impl Cpu {
 
     /// The share of `cores` cores (fractions allowed).
     pub fn from_cores(cores: f64) -> Cpu {
-        Cpu((cores.max(0.0) * f64::from(Cpu::CORE.0))
-            .round()
-            .min(f64::from(u32::MAX)) as u32)
+        Cpu((cores.max(0.0) * f64::from(Cpu::CORE.0)).round().min(f64::from(u32::MAX)) as u32)
     }
 }
 
@@ -229,16 +221,12 @@ impl FromStr for Cpu {
     /// Parses a number of cores, integer or fraction: `"2"`, `"0.25"`.
     fn from_str(s: &str) -> Result<Cpu, ParseResourceError> {
         let text = s.trim();
-        let text = text
-            .strip_suffix("cores")
-            .or_else(|| text.strip_suffix("core"))
-            .unwrap_or(text);
+        let text = text.strip_suffix("cores").or_else(|| text.strip_suffix("core")).unwrap_or(text);
         match text.trim().parse::<f64>() {
             Ok(cores) if cores.is_finite() && cores >= 0.0 => Ok(Cpu::from_cores(cores)),
-            _ => Err(ParseResourceError {
-                input: s.to_owned(),
-                expected: "a number of cores such as \"2\" or \"0.5\"",
-            }),
+            _ => {
+                Err(ParseResourceError { input: s.to_owned(), expected: "a number of cores such as \"2\" or \"0.5\"" })
+            }
         }
     }
 }
@@ -263,10 +251,7 @@ pub struct Resources {
 impl Default for Resources {
     /// 100 MiB and 1/16 of a core.
     fn default() -> Resources {
-        Resources {
-            mem: 100 * Mem::MIB,
-            cpu: Cpu::CORE / 16,
-        }
+        Resources { mem: 100 * Mem::MIB, cpu: Cpu::CORE / 16 }
     }
 }
 
@@ -278,10 +263,7 @@ mod tests {
     fn parses_memory() {
         assert_eq!("100 GiB".parse::<Mem>().unwrap(), 100 * Mem::GIB);
         assert_eq!("100GiB".parse::<Mem>().unwrap(), 100 * Mem::GIB);
-        assert_eq!(
-            "512 mb".parse::<Mem>().unwrap(),
-            Mem::from_bytes(512_000_000)
-        );
+        assert_eq!("512 mb".parse::<Mem>().unwrap(), Mem::from_bytes(512_000_000));
         assert_eq!("4096".parse::<Mem>().unwrap(), Mem::from_bytes(4096));
         assert_eq!("0.5 KiB".parse::<Mem>().unwrap(), Mem::from_bytes(512));
         assert!("ten GiB".parse::<Mem>().is_err());

@@ -156,23 +156,17 @@ fn start_job(resources: Resources) {
     let json = match std::env::var(FORMAT_VAR) {
         Ok(format) if format == "json" => true,
         Ok(format) if format == "human" || format.is_empty() => false,
-        Ok(format) => panic!(
-            "constellation: {FORMAT_VAR}={format:?} is not a format; use \"json\" or \"human\""
-        ),
+        Ok(format) => panic!("constellation: {FORMAT_VAR}={format:?} is not a format; use \"json\" or \"human\""),
         Err(_) => false,
     };
     remove_own_variables();
-    let listener = sys::bind_loopback()
-        .unwrap_or_else(|e| fail("cannot bind a port on 127.0.0.1 for the top process", e));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| fail("reading the top process's port", e));
+    let listener =
+        sys::bind_loopback().unwrap_or_else(|e| fail("cannot bind a port on 127.0.0.1 for the top process", e));
+    let addr = listener.local_addr().unwrap_or_else(|e| fail("reading the top process's port", e));
     let top = Pid::new(addr, 1);
     let token = sys::random_u64();
-    let (monitor_bridge, monitor_end) =
-        UnixStream::pair().unwrap_or_else(|e| fail("making a socket pair", e));
-    let (control_bridge, control_end) =
-        UnixStream::pair().unwrap_or_else(|e| fail("making a socket pair", e));
+    let (monitor_bridge, monitor_end) = UnixStream::pair().unwrap_or_else(|e| fail("making a socket pair", e));
+    let (control_bridge, control_end) = UnixStream::pair().unwrap_or_else(|e| fail("making a socket pair", e));
     let (stdin_read, stdin_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
     let bridge_os_pid = sys::getpid();
     // SAFETY: init checked that this process has a single thread.
@@ -192,19 +186,11 @@ fn start_job(resources: Resources) {
         }
         sys::Fork::Child => {
             drop((monitor_bridge, control_bridge, stdin_write));
-            if sys::new_process_group().is_err()
-                || sys::die_with_parent(libc::SIGKILL, bridge_os_pid).unwrap_or(true)
-            {
+            if sys::new_process_group().is_err() || sys::die_with_parent(libc::SIGKILL, bridge_os_pid).unwrap_or(true) {
                 sys::exit_now(1);
             }
-            let start = Start {
-                pid: top,
-                parent: None,
-                resources,
-                token,
-                bridge_os_pid: bridge_os_pid.0,
-                closure: None,
-            };
+            let start =
+                Start { pid: top, parent: None, resources, token, bridge_os_pid: bridge_os_pid.0, closure: None };
             become_process(start, monitor_end, control_end, listener, Some(stdin_read));
         }
     }
@@ -212,10 +198,8 @@ fn start_job(resources: Resources) {
 
 /// Removes this project's variables, so spawned processes do not inherit them.
 fn remove_own_variables() {
-    let ours: Vec<_> = std::env::vars_os()
-        .map(|(k, _)| k)
-        .filter(|k| k.to_string_lossy().starts_with("CONSTELLATION_"))
-        .collect();
+    let ours: Vec<_> =
+        std::env::vars_os().map(|(k, _)| k).filter(|k| k.to_string_lossy().starts_with("CONSTELLATION_")).collect();
     for key in ours {
         if key != "CONSTELLATION_LOG" {
             std::env::remove_var(key);
@@ -279,9 +263,7 @@ fn become_process(
     let (panic_read, panic_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
     let monitor_os_pid = sys::getpid();
     // SAFETY: init checked that this process has a single thread.
-    match unsafe { sys::fork() }
-        .unwrap_or_else(|e| fail("cannot fork the process from its monitor", e))
-    {
+    match unsafe { sys::fork() }.unwrap_or_else(|e| fail("cannot fork the process from its monitor", e)) {
         sys::Fork::Parent(child) => {
             drop((out_write, err_write, panic_write, control, listener, stdin));
             sys::ignore_signal(libc::SIGINT);
@@ -342,9 +324,7 @@ fn start_runtime(start: Start, control: UnixStream, listener: TcpListener, panic
         if RUNTIME.set(runtime).is_err() {
             panic!("constellation: the runtime was set up twice");
         }
-        std::thread::Builder::new()
-            .name("constellation-io".into())
-            .spawn(move || reactor::run(get(), poll))?;
+        std::thread::Builder::new().name("constellation-io".into()).spawn(move || reactor::run(get(), poll))?;
         Ok(())
     };
     setup().unwrap_or_else(|e| fail("setting up the process's connections", e));
@@ -352,9 +332,7 @@ fn start_runtime(start: Start, control: UnixStream, listener: TcpListener, panic
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if let Some(fd) = PANIC_FD.get() {
-            let message = info
-                .payload_as_str()
-                .unwrap_or("a panic payload that is not a string");
+            let message = info.payload_as_str().unwrap_or("a panic payload that is not a string");
             let _ = sys::write_all(fd.as_raw_fd(), format!("{message}\0").as_bytes());
         }
         previous(info);

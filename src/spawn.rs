@@ -31,12 +31,8 @@ pub enum SpawnError {
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SpawnError::NoCapacity => {
-                f.write_str("no capacity: nothing can hold a process of these resources now")
-            }
-            SpawnError::BridgeLost => {
-                f.write_str("the job's bridge is gone, so no process can be started")
-            }
+            SpawnError::NoCapacity => f.write_str("no capacity: nothing can hold a process of these resources now"),
+            SpawnError::BridgeLost => f.write_str("the job's bridge is gone, so no process can be started"),
             SpawnError::Failed(reason) => write!(f, "the process could not be started: {reason}"),
         }
     }
@@ -54,9 +50,8 @@ fn trampoline<F>(arg: &[u8], parent: Pid)
 where
     F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + DeserializeOwned,
 {
-    let closure: F = codec::decode(arg).unwrap_or_else(|e| {
-        panic!("constellation: cannot decode the closure this process was spawned with: {e}")
-    });
+    let closure: F = codec::decode(arg)
+        .unwrap_or_else(|e| panic!("constellation: cannot decode the closure this process was spawned with: {e}"));
     closure.call_once((parent,));
 }
 
@@ -67,8 +62,7 @@ where
 pub(crate) unsafe fn run_trampoline(entry: isize, arg: &[u8], parent: Pid) {
     let address = (base as fn() as usize as isize).wrapping_add(entry) as usize;
     // SAFETY: the caller guarantees `address` is a `fn(&[u8], Pid)` of this binary.
-    let trampoline: fn(&[u8], Pid) =
-        unsafe { std::mem::transmute::<usize, fn(&[u8], Pid)>(address) };
+    let trampoline: fn(&[u8], Pid) = unsafe { std::mem::transmute::<usize, fn(&[u8], Pid)>(address) };
     trampoline(arg, parent)
 }
 
@@ -106,7 +100,7 @@ pub fn spawn<F>(resources: Resources, f: F) -> Spawn
 where
     F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
 {
-    Spawn::new::<F>(resources, f, false, false)
+    ProcessFn::new(f).spawn(resources, SpawnOptions::default())
 }
 
 /// Like [`spawn`], but fails at once with [`SpawnError::NoCapacity`] when nothing
@@ -115,7 +109,67 @@ pub fn try_spawn<F>(resources: Resources, f: F) -> Spawn
 where
     F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
 {
-    Spawn::new::<F>(resources, f, true, false)
+    ProcessFn::new(f).spawn(resources, SpawnOptions { try_only: true, ..SpawnOptions::default() })
+}
+
+/// How a process is started, beyond its closure and resources.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnOptions {
+    /// Fail with [`SpawnError::NoCapacity`] instead of going ahead beyond capacity.
+    pub try_only: bool,
+    /// Link the new process to the caller before either can end
+    /// (see [`spawn_link`](crate::spawn_link)).
+    pub link: bool,
+    /// Bind the new process to the caller: it is killed whenever the caller ends,
+    /// however it ends and whether or not it traps exits, and the caller's end is
+    /// announced (to monitors and links) only once every process bound to it has
+    /// ended. Supervisors bind their children so a subtree never outlives its
+    /// supervisor and two incarnations never run at once.
+    pub bind: bool,
+    /// Register the new process under this name as it starts.
+    pub register: Option<String>,
+}
+
+/// A closure to run in new processes, stored as its trampoline and serialised
+/// bytes: it can be spawned any number of times, sent to other processes, and
+/// closures of different types can be kept side by side (as a supervisor does).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProcessFn {
+    entry: isize,
+    arg: Vec<u8>,
+}
+
+impl ProcessFn {
+    /// Stores `f`.
+    ///
+    /// # Panics
+    /// If `f` cannot be serialised.
+    pub fn new<F>(f: F) -> ProcessFn
+    where
+        F: serde_closure::traits::FnOnce<(Pid,), Output = ()> + Serialize + DeserializeOwned + 'static,
+    {
+        let entry = (trampoline::<F> as fn(&[u8], Pid) as usize as isize).wrapping_sub(base as fn() as usize as isize);
+        let arg =
+            codec::encode(&f).unwrap_or_else(|e| panic!("constellation: cannot serialise the closure to spawn: {e}"));
+        ProcessFn { entry, arg }
+    }
+
+    /// Starts the closure in a new process, as [`spawn`] does, with `options`.
+    ///
+    /// # Panics
+    /// If [`init`](crate::init) has not been called.
+    pub fn spawn(&self, resources: Resources, options: SpawnOptions) -> Spawn {
+        runtime::get();
+        let request = Request::Spawn {
+            id: 0,
+            resources,
+            options,
+            entry: self.entry,
+            arg: self.arg.clone(),
+            env: Environment::current(),
+        };
+        Spawn { request: Some(request), id: 0 }
+    }
 }
 
 /// The future of a [`spawn`]: resolves to the new process's [`Pid`].
@@ -126,62 +180,18 @@ pub struct Spawn {
     id: u64,
 }
 
-impl Spawn {
-    pub(crate) fn new<F>(resources: Resources, f: F, try_only: bool, link: bool) -> Spawn
-    where
-        F: serde_closure::traits::FnOnce<(Pid,), Output = ()>
-            + Serialize
-            + DeserializeOwned
-            + 'static,
-    {
-        runtime::get();
-        let entry = (trampoline::<F> as fn(&[u8], Pid) as usize as isize)
-            .wrapping_sub(base as fn() as usize as isize);
-        let arg = codec::encode(&f).unwrap_or_else(|e| {
-            panic!("constellation: cannot serialise the closure to spawn: {e}")
-        });
-        let request = Request::Spawn {
-            id: 0,
-            resources,
-            try_only,
-            link,
-            entry,
-            arg,
-            env: Environment::current(),
-        };
-        Spawn {
-            request: Some(request),
-            id: 0,
-        }
-    }
-}
-
 impl Future for Spawn {
     type Output = Result<Pid, SpawnError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         runtime::with_net(|net| {
-            if let Some(request) = this.request.take() {
-                this.id = net.call(|id| match request {
-                    Request::Spawn {
-                        resources,
-                        try_only,
-                        link,
-                        entry,
-                        arg,
-                        env,
-                        ..
-                    } => Request::Spawn {
-                        id,
-                        resources,
-                        try_only,
-                        link,
-                        entry,
-                        arg,
-                        env,
-                    },
-                    other => other,
+            if let Some(mut request) = this.request.take() {
+                this.id = net.call(|id| {
+                    if let Request::Spawn { id: slot, .. } = &mut request {
+                        *slot = id;
+                    }
+                    request
                 });
             }
             net.poll_call(this.id, cx).map(|reply| match reply {

@@ -7,9 +7,7 @@ use util::Job;
 fn ten_children_each_receive_and_send() {
     let job = Job::new("scenarios", &["ten_children"]).run();
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
-    let expected: Vec<u64> = (1..=3u64)
-        .flat_map(|round| (0..10).map(move |i| round * 10 + i))
-        .collect();
+    let expected: Vec<u64> = (1..=3u64).flat_map(|round| (0..10).map(move |i| round * 10 + i)).collect();
     assert_eq!(job.line("answers: "), format!("answers: {expected:?}"));
 }
 
@@ -17,10 +15,7 @@ fn ten_children_each_receive_and_send() {
 fn all_to_all_among_ten_processes() {
     let job = Job::new("all_to_all", &["10"]).run();
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
-    assert_eq!(
-        job.line("all 10"),
-        "all 10 processes heard from all 9 others (index sum 45)"
-    );
+    assert_eq!(job.line("all 10"), "all 10 processes heard from all 9 others (index sum 45)");
     assert_eq!(job.exits().len(), 11);
 }
 
@@ -37,10 +32,7 @@ fn select_across_channels_with_a_timeout() {
 fn a_second_sender_to_the_same_process_panics() {
     let job = Job::new("scenarios", &["duplicate_sender"]).run();
     assert_eq!(job.code, Some(101));
-    let panic = job.exits()[&job.top()]["panic"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let panic = job.exits()[&job.top()]["panic"].as_str().unwrap().to_owned();
     assert!(panic.contains("already has a Sender to"), "{panic}");
 }
 
@@ -55,10 +47,7 @@ fn recv_from_a_process_that_exited_without_sending_is_an_error() {
 fn messages_sent_right_before_exit_all_arrive() {
     let job = Job::new("scenarios", &["send_before_exit"]).run();
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
-    assert_eq!(
-        job.line("received "),
-        "received 100000 in order true, then PeerEnded"
-    );
+    assert_eq!(job.line("received "), "received 100000 in order true, then PeerEnded");
 }
 
 #[test]
@@ -68,25 +57,12 @@ fn a_slow_receiver_does_not_grow_the_senders_memory() {
     assert_eq!(job.line("received "), "received 256 MiB");
     let (_, child) = &job.spawns()[0];
     let peak = job.stdout_of(child);
-    let kib: u64 = peak
-        .trim()
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        kib < 48 * 1024,
-        "the sender's peak memory was {kib} kB for 256 MiB sent"
-    );
+    let kib: u64 = peak.trim().trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().unwrap();
+    assert!(kib < 48 * 1024, "the sender's peak memory was {kib} kB for 256 MiB sent");
 }
 
 #[test]
 fn a_type_mismatch_is_an_error() {
     let job = Job::new("scenarios", &["type_mismatch"]).run();
-    assert_eq!(
-        job.line("recv: "),
-        "recv: Err(TypeMismatch { expected: \"u64\", found: \"alloc::string::String\" })"
-    );
+    assert_eq!(job.line("recv: "), "recv: Err(TypeMismatch { expected: \"u64\", found: \"alloc::string::String\" })");
 }

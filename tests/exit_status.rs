@@ -9,11 +9,7 @@ fn process_exit_code_is_the_jobs_exit_code() {
     assert_eq!(job.exits()[&job.top()]["code"], 7);
     let human = Job::new("scenarios", &["exit_code", "3"]).human().run();
     assert_eq!(human.code, Some(3));
-    assert!(
-        human.stderr_text().contains("   exited: 3\n"),
-        "{}",
-        human.stderr_text()
-    );
+    assert!(human.stderr_text().contains("   exited: 3\n"), "{}", human.stderr_text());
 }
 
 #[test]
@@ -29,11 +25,7 @@ fn panicking_child_shows_its_message_and_parent_recv_errs() {
     );
     assert_eq!(job.line("recv: "), "recv: Err(PeerEnded)");
     let human = Job::new("scenarios", &["panic_child"]).human().run();
-    assert!(
-        human.stderr_text().contains("   exited: panicked: boom\n"),
-        "{}",
-        human.stderr_text()
-    );
+    assert!(human.stderr_text().contains("   exited: panicked: boom\n"), "{}", human.stderr_text());
 }
 
 #[test]
@@ -43,25 +35,13 @@ fn abort_is_shown_as_a_signal() {
     assert_eq!(job.exits()[child]["signal"], libc::SIGABRT);
     assert_eq!(job.line("recv: "), "recv: Err(PeerEnded)");
     let human = Job::new("scenarios", &["abort_child"]).human().run();
-    assert!(
-        human
-            .stderr_text()
-            .contains("   exited: killed by signal 6\n"),
-        "{}",
-        human.stderr_text()
-    );
+    assert!(human.stderr_text().contains("   exited: killed by signal 6\n"), "{}", human.stderr_text());
 }
 
 #[test]
 fn panicking_top_process_exits_101() {
     let job = Job::new("scenarios", &["sender_to_self"]).run();
     assert_eq!(job.code, Some(101));
-    let panic = job.exits()[&job.top()]["panic"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        panic.contains("cannot open a Sender from process") && panic.contains("to itself"),
-        "{panic}"
-    );
+    let panic = job.exits()[&job.top()]["panic"].as_str().unwrap().to_owned();
+    assert!(panic.contains("cannot open a Sender from process") && panic.contains("to itself"), "{panic}");
 }

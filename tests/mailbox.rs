@@ -8,9 +8,6 @@ fn a_registered_server_answers_workers_it_never_met() {
     let job = Job::new("scenarios", &["mailboxes"]).run();
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     assert_eq!(job.line("answers: "), "answers: [100, 200, 300]");
-    assert_eq!(
-        job.line("typed: "),
-        "typed: Err(TypeMismatch { expected: \"alloc::string::String\", found: \"u64\" })"
-    );
+    assert_eq!(job.line("typed: "), "typed: Err(TypeMismatch { expected: \"alloc::string::String\", found: \"u64\" })");
     job.assert_nothing_left();
 }

@@ -21,17 +21,12 @@ fn all_256_byte_values_are_preserved_on_stdout_in_human_format() {
     let stderr = &job.stderr;
     let without_indents: Vec<u8> = String::from_utf8_lossy(stderr).into_owned().into_bytes();
     assert!(without_indents.len() > 256);
-    assert!(
-        stderr.windows(10).any(|w| w == &all[246..]),
-        "the bytes are on stderr too"
-    );
+    assert!(stderr.windows(10).any(|w| w == &all[246..]), "the bytes are on stderr too");
 }
 
 #[test]
 fn stdin_reaches_the_top_process() {
-    let job = Job::new("scenarios", &["stdin_echo"])
-        .stdin(b"one\ntwo\n")
-        .run();
+    let job = Job::new("scenarios", &["stdin_echo"]).stdin(b"one\ntwo\n").run();
     assert_eq!(job.code, Some(0));
     assert_eq!(job.stdout_of(&job.top()), "ONE\nTWO\nend of input\n");
 }
@@ -43,11 +38,7 @@ fn output_events_mark_closed_streams() {
     let closes = job
         .events
         .iter()
-        .filter(|e| {
-            e["event"] == "output"
-                && e["pid"] == top.as_str()
-                && e["data"].as_array().unwrap().is_empty()
-        })
+        .filter(|e| e["event"] == "output" && e["pid"] == top.as_str() && e["data"].as_array().unwrap().is_empty())
         .count();
     assert_eq!(closes, 2, "one empty output event per closed fd");
 }

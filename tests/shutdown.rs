@@ -11,15 +11,9 @@ fn shutdown_runs_hooks_and_kills_after_the_timeout() {
     let spawns = job.spawns();
     let (polite, stubborn) = (&spawns[0].1, &spawns[1].1);
     assert_eq!(job.stdout_of(polite), "cleaning up\n");
-    assert_eq!(
-        job.line("polite: "),
-        format!("polite: killed by link to {top}")
-    );
+    assert_eq!(job.line("polite: "), format!("polite: killed by link to {top}"));
     assert_eq!(job.stdout_of(stubborn), "ignoring the shutdown\n");
-    assert_eq!(
-        job.line("stubborn: "),
-        format!("stubborn: killed by link to {top}")
-    );
+    assert_eq!(job.line("stubborn: "), format!("stubborn: killed by link to {top}"));
     assert_eq!(job.exits()[stubborn]["killed_by"], top.as_str());
     job.assert_nothing_left();
 }

@@ -5,18 +5,13 @@ use util::Job;
 
 #[test]
 fn argv_environment_and_cwd_are_inherited() {
-    let job = Job::new("scenarios", &["inherit", "extra-arg"])
-        .env("SCENARIO_COLOUR", "blue")
-        .run();
+    let job = Job::new("scenarios", &["inherit", "extra-arg"]).env("SCENARIO_COLOUR", "blue").run();
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     assert_eq!(job.line("args: "), "args: inherit extra-arg");
     // The project's own variables (CONSTELLATION_FORMAT) are not inherited.
     let vars = job.line("vars: ");
     assert!(vars.contains("SCENARIO_COLOUR=blue"), "{vars}");
-    assert!(
-        vars.contains("SET_AT_RUNTIME=yes"),
-        "set by the parent before spawning: {vars}"
-    );
+    assert!(vars.contains("SET_AT_RUNTIME=yes"), "set by the parent before spawning: {vars}");
     assert!(!vars.contains("CONSTELLATION_"), "{vars}");
     let cwd = std::env::current_dir().unwrap();
     assert_eq!(job.line("cwd: "), format!("cwd: {}", cwd.display()));
@@ -51,20 +46,9 @@ fn try_spawn_beyond_capacity_is_refused_and_spawn_warns() {
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     assert_eq!(job.line("try_spawn: "), "try_spawn: Err(NoCapacity)");
     assert_eq!(job.line("spawn: "), "spawn: Ok(1)");
-    let warnings: Vec<_> = job
-        .events
-        .iter()
-        .filter(|e| e["event"] == "warning")
-        .collect();
-    assert_eq!(
-        warnings.len(),
-        1,
-        "one warning past physical memory: {warnings:?}"
-    );
-    assert!(warnings[0]["message"]
-        .as_str()
-        .unwrap()
-        .contains("more than this machine's"));
+    let warnings: Vec<_> = job.events.iter().filter(|e| e["event"] == "warning").collect();
+    assert_eq!(warnings.len(), 1, "one warning past physical memory: {warnings:?}");
+    assert!(warnings[0]["message"].as_str().unwrap().contains("more than this machine's"));
 }
 
 #[test]
@@ -73,10 +57,7 @@ fn exceeding_the_memory_limit_stops_the_process() {
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     let (_, child) = &job.spawns()[0];
     let status = &job.exits()[child];
-    assert!(
-        !job.stdout_of(child).contains("without being stopped"),
-        "the child allocated past its limit"
-    );
+    assert!(!job.stdout_of(child).contains("without being stopped"), "the child allocated past its limit");
     // A cgroup kills it (and says so); under RLIMIT_DATA the allocation fails and it aborts.
     let memory_killed = status["memory_exceeded"] == 50 * 1024 * 1024;
     let aborted = status["signal"] == libc::SIGABRT;

@@ -14,7 +14,7 @@ use crate::{
     codec,
     proto::{Command, Environment, MailTo, Reply, Report, Request, Start, FDS_VAR, KIND_MESSAGE},
     sys::{self, OsPid},
-    ExitStatus, Pid, Resources, SpawnError,
+    ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
 };
 use mio::{net::UnixStream, Events, Interest, Poll, Token};
 use output::Printer;
@@ -77,6 +77,12 @@ struct Proc {
     traps_exits: bool,
     /// (watcher, monitor id) of the monitors of this process.
     monitors: Vec<(Pid, u64)>,
+    /// Processes bound to this one (see `SpawnOptions::bind`).
+    bound: Vec<Pid>,
+    /// The process this one is bound to.
+    bound_to: Option<Pid>,
+    /// Whether its end has been announced to watchers, monitors and links.
+    announced: bool,
 }
 
 struct Bridge {
@@ -105,10 +111,7 @@ pub(crate) fn run(setup: Setup) -> ! {
     let code = match Bridge::new(setup) {
         Ok(mut bridge) => bridge.run(),
         Err(error) => {
-            let _ = sys::write_all(
-                2,
-                format!("constellation: the bridge could not start: {error}\n").as_bytes(),
-            );
+            let _ = sys::write_all(2, format!("constellation: the bridge could not start: {error}\n").as_bytes());
             1
         }
     };
@@ -130,16 +133,11 @@ impl Bridge {
         let mut stop_signals = Vec::new();
         for (index, signal) in STOP_SIGNALS.into_iter().enumerate() {
             let mut pipe = signal_pipe(signal)?;
-            poll.registry().register(
-                &mut pipe,
-                Token(usize::MAX - 2 - index),
-                Interest::READABLE,
-            )?;
+            poll.registry().register(&mut pipe, Token(usize::MAX - 2 - index), Interest::READABLE)?;
             stop_signals.push(pipe);
         }
         let mut child_signals = signal_pipe(libc::SIGCHLD)?;
-        poll.registry()
-            .register(&mut child_signals, SIGNAL_CHILD, Interest::READABLE)?;
+        poll.registry().register(&mut child_signals, SIGNAL_CHILD, Interest::READABLE)?;
         let mut bridge = Bridge {
             poll,
             conns: Slab::new(),
@@ -160,13 +158,7 @@ impl Bridge {
             names: HashMap::new(),
         };
         bridge.printer.top(setup.top);
-        bridge.add_process(
-            setup.top,
-            setup.top_monitor,
-            setup.resources,
-            setup.monitor,
-            setup.control,
-        )?;
+        bridge.add_process(setup.top, setup.top_monitor, setup.resources, setup.monitor, setup.control)?;
         forward_stdin(setup.stdin);
         Ok(bridge)
     }
@@ -180,17 +172,13 @@ impl Bridge {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                self.printer
-                    .warning(&format!("the bridge's event loop failed: {error}"));
+                self.printer.warning(&format!("the bridge's event loop failed: {error}"));
                 self.stop_job();
                 return 1;
             }
             for event in events.iter() {
                 match event.token() {
-                    Token(key)
-                        if key >= usize::MAX - 2 - (STOP_SIGNALS.len() - 1)
-                            && key <= usize::MAX - 2 =>
-                    {
+                    Token(key) if key >= usize::MAX - 2 - (STOP_SIGNALS.len() - 1) && key <= usize::MAX - 2 => {
                         let index = usize::MAX - 2 - key;
                         drain_signals(&mut self.stop_signals[index]);
                         self.stop = Some(STOP_SIGNALS[index]);
@@ -214,10 +202,7 @@ impl Bridge {
                 return 128 + signal;
             }
         }
-        self.procs
-            .get(&self.top)
-            .and_then(|p| p.status.as_ref())
-            .map_or(1, ExitStatus::code)
+        self.procs.get(&self.top).and_then(|p| p.status.as_ref()).map_or(1, ExitStatus::code)
     }
 
     /// Kills every process of the job: each monitor, and the job's process group.
@@ -250,6 +235,9 @@ impl Bridge {
                 links: Vec::new(),
                 traps_exits: false,
                 monitors: Vec::new(),
+                bound: Vec::new(),
+                bound_to: None,
+                announced: false,
             },
         );
         self.by_os_pid.insert(monitor_os_pid.0, pid);
@@ -258,28 +246,13 @@ impl Bridge {
         Ok(())
     }
 
-    fn add_conn(
-        &mut self,
-        stream: std::os::unix::net::UnixStream,
-        pid: Pid,
-        role: Role,
-    ) -> io::Result<usize> {
+    fn add_conn(&mut self, stream: std::os::unix::net::UnixStream, pid: Pid, role: Role) -> io::Result<usize> {
         stream.set_nonblocking(true)?;
         let mut stream = UnixStream::from_std(stream);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        self.poll.registry().register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        entry.insert(Conn {
-            stream,
-            pid,
-            role,
-            rbuf: Vec::new(),
-            wbuf: Vec::new(),
-        });
+        self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(Conn { stream, pid, role, rbuf: Vec::new(), wbuf: Vec::new() });
         Ok(key)
     }
 
@@ -330,9 +303,8 @@ impl Bridge {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
-                    self.printer.warning(&format!(
-                        "dropping the connection of {pid}, which sent a corrupt frame: {error}"
-                    ));
+                    self.printer
+                        .warning(&format!("dropping the connection of {pid}, which sent a corrupt frame: {error}"));
                     closed = true;
                     break;
                 }
@@ -342,15 +314,11 @@ impl Bridge {
             match role {
                 Role::Monitor => match codec::decode::<Report>(payload) {
                     Ok(report) => self.on_report(pid, report),
-                    Err(error) => self.printer.warning(&format!(
-                        "a corrupt report from the monitor of {pid}: {error}"
-                    )),
+                    Err(error) => self.printer.warning(&format!("a corrupt report from the monitor of {pid}: {error}")),
                 },
                 Role::Control => match codec::decode::<Request>(payload) {
                     Ok(request) => self.on_request(pid, key, request),
-                    Err(error) => self
-                        .printer
-                        .warning(&format!("a corrupt request from {pid}: {error}")),
+                    Err(error) => self.printer.warning(&format!("a corrupt request from {pid}: {error}")),
                 },
             }
         }
@@ -386,8 +354,7 @@ impl Bridge {
             return;
         };
         if let Err(error) = codec::append_frame(&mut conn.wbuf, KIND_MESSAGE, message) {
-            self.printer
-                .warning(&format!("encoding a message: {error}"));
+            self.printer.warning(&format!("encoding a message: {error}"));
             return;
         }
         self.flush(key);
@@ -399,24 +366,14 @@ impl Bridge {
 
     /// Tells process `pid`, if it is alive.
     fn tell(&mut self, pid: Pid, reply: &Reply) {
-        if let Some(key) = self
-            .procs
-            .get(&pid)
-            .filter(|p| p.status.is_none())
-            .and_then(|p| p.control)
-        {
+        if let Some(key) = self.procs.get(&pid).filter(|p| p.status.is_none()).and_then(|p| p.control) {
             self.send(key, reply);
         }
     }
 
     /// Has the monitor of `pid` carry out `command`, if `pid` is alive.
     fn command(&mut self, pid: Pid, command: &Command) {
-        if let Some(key) = self
-            .procs
-            .get(&pid)
-            .filter(|p| p.status.is_none())
-            .and_then(|p| p.monitor)
-        {
+        if let Some(key) = self.procs.get(&pid).filter(|p| p.status.is_none()).and_then(|p| p.monitor) {
             self.send(key, command);
         }
     }
@@ -434,36 +391,18 @@ impl Bridge {
 
     fn on_request(&mut self, from: Pid, key: usize, request: Request) {
         match request {
-            Request::Spawn {
-                id,
-                resources,
-                try_only,
-                link,
-                entry,
-                arg,
-                env,
-            } => {
-                let result = self.spawn(from, resources, try_only, entry, arg, &env);
-                if let (Ok(child), true) = (&result, link) {
-                    // Before the child can end: its exit report is read after this.
-                    self.link(from, *child);
-                }
+            Request::Spawn { id, resources, options, entry, arg, env } => {
+                let result = self.spawn(from, resources, &options, entry, arg, &env);
                 self.reply(key, &Reply::Spawned { id, result });
             }
+            Request::Supervisor { event } => self.printer.supervisor(from, &event),
             Request::Watch { pid } => match self.procs.get_mut(&pid) {
                 Some(process) if process.status.is_none() => process.watchers.push(from),
                 _ => self.reply(key, &Reply::Ended { pid }),
             },
             Request::Monitor { id, pid } => match self.procs.get_mut(&pid) {
                 Some(process) if process.status.is_none() => process.monitors.push((from, id)),
-                _ => self.reply(
-                    key,
-                    &Reply::Down {
-                        id,
-                        pid,
-                        status: ExitStatus::NoProc,
-                    },
-                ),
+                _ => self.reply(key, &Reply::Down { id, pid, status: ExitStatus::NoProc }),
             },
             Request::Demonitor { pid } => {
                 if let Some(process) = self.procs.get_mut(&pid) {
@@ -485,19 +424,10 @@ impl Bridge {
                     process.traps_exits = on;
                 }
             }
-            Request::Kill { pid } => self.command(
-                pid,
-                &Command::Kill {
-                    status: ExitStatus::Signal(libc::SIGKILL),
-                },
-            ),
-            Request::Shutdown { pid, timeout } => self.command(
-                pid,
-                &Command::Terminate {
-                    timeout,
-                    status: ExitStatus::KilledBy(from),
-                },
-            ),
+            Request::Kill { pid } => self.command(pid, &Command::Kill { status: ExitStatus::Signal(libc::SIGKILL) }),
+            Request::Shutdown { pid, timeout } => {
+                self.command(pid, &Command::Terminate { timeout, status: ExitStatus::KilledBy(from) })
+            }
             Request::Register { id, name } => {
                 let result = match self.names.get(&name) {
                     Some(&holder) if holder != from && self.alive(holder) => {
@@ -519,27 +449,14 @@ impl Bridge {
                 let pid = self.names.get(&name).copied().filter(|&p| self.alive(p));
                 self.reply(key, &Reply::Found { id, pid });
             }
-            Request::Mail {
-                to,
-                mailbox,
-                type_name,
-                value,
-            } => {
+            Request::Mail { to, mailbox, type_name, value } => {
                 let target = match to {
                     MailTo::Pid(pid) => Some(pid),
                     MailTo::Name(name) => self.names.get(&name).copied(),
                 };
                 // As in Erlang, a value for a process that is gone is dropped.
                 if let Some(target) = target {
-                    self.tell(
-                        target,
-                        &Reply::Mail {
-                            from,
-                            mailbox,
-                            type_name,
-                            value,
-                        },
-                    );
+                    self.tell(target, &Reply::Mail { from, mailbox, type_name, value });
                 }
             }
         }
@@ -562,58 +479,63 @@ impl Bridge {
             return;
         };
         if process.traps_exits {
-            self.tell(
-                to,
-                &Reply::Exit {
-                    pid: from,
-                    status: status.clone(),
-                },
-            );
+            self.tell(to, &Reply::Exit { pid: from, status: status.clone() });
         } else if !status.success() {
-            self.command(
-                to,
-                &Command::Kill {
-                    status: ExitStatus::KilledBy(from),
-                },
-            );
+            self.command(to, &Command::Kill { status: ExitStatus::KilledBy(from) });
         }
     }
 
-    /// Process `pid` has ended: show it, free what it reserved, and tell whoever
-    /// watches, monitors or is linked to it.
+    /// Process `pid` has ended: show it, free what it reserved and its names, end
+    /// the processes bound to it, and announce its end once they have ended.
     fn on_exit(&mut self, pid: Pid, status: ExitStatus) {
-        let Some(process) = self.procs.get_mut(&pid) else {
-            return;
-        };
+        let Some(process) = self.procs.get_mut(&pid) else { return };
         if process.status.is_some() {
             return;
         }
         self.printer.exited(pid, &status);
-        process.status = Some(status.clone());
+        process.status = Some(status);
         self.live -= 1;
         self.reserved -= process.resources.mem.bytes();
+        let bound = process.bound.clone();
+        self.names.retain(|_, holder| *holder != pid);
+        for child in bound {
+            self.command(child, &Command::Kill { status: ExitStatus::KilledBy(pid) });
+        }
+        self.announce(pid);
+    }
+
+    /// Tells whoever watches, monitors or is linked to `pid` that it has ended,
+    /// once it and every process bound to it have; then does the same for the
+    /// process it is bound to, which may have been waiting for it.
+    fn announce(&mut self, pid: Pid) {
+        let Some(process) = self.procs.get(&pid) else { return };
+        let ready = !process.announced
+            && process.status.is_some()
+            && process.bound.iter().all(|b| self.procs.get(b).is_none_or(|p| p.announced));
+        if !ready {
+            return;
+        }
+        let process = self.procs.get_mut(&pid).expect("looked up above");
+        process.announced = true;
+        let status = process.status.clone().expect("checked above");
         let watchers = std::mem::take(&mut process.watchers);
         let monitors = std::mem::take(&mut process.monitors);
         let links = std::mem::take(&mut process.links);
-        self.names.retain(|_, holder| *holder != pid);
+        let bound_to = process.bound_to;
         for watcher in watchers {
             self.tell(watcher, &Reply::Ended { pid });
         }
         for (watcher, id) in monitors {
-            self.tell(
-                watcher,
-                &Reply::Down {
-                    id,
-                    pid,
-                    status: status.clone(),
-                },
-            );
+            self.tell(watcher, &Reply::Down { id, pid, status: status.clone() });
         }
         for linked in links {
             if let Some(process) = self.procs.get_mut(&linked) {
                 process.links.retain(|&l| l != pid);
             }
             self.exit_signal(linked, pid, &status);
+        }
+        if let Some(parent) = bound_to {
+            self.announce(parent);
         }
     }
 
@@ -642,14 +564,19 @@ impl Bridge {
         &mut self,
         parent: Pid,
         resources: Resources,
-        try_only: bool,
+        options: &SpawnOptions,
         entry: isize,
         arg: Vec<u8>,
         env: &Environment,
     ) -> Result<Pid, SpawnError> {
+        if let Some(name) = &options.register {
+            if let Some(&holder) = self.names.get(name).filter(|&&h| self.alive(h)) {
+                return Err(SpawnError::Failed(format!("the name {name:?} is already registered by {holder}")));
+            }
+        }
         let wanted = self.reserved + resources.mem.bytes();
         if wanted > self.physical {
-            if try_only {
+            if options.try_only {
                 return Err(SpawnError::NoCapacity);
             }
             if !self.warned {
@@ -662,17 +589,14 @@ impl Bridge {
             }
         }
         let failed = |what: &str, error: io::Error| SpawnError::Failed(format!("{what}: {error}"));
-        let listener =
-            sys::bind_loopback().map_err(|e| failed("cannot bind a port on 127.0.0.1", e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| failed("reading the new port", e))?;
+        let listener = sys::bind_loopback().map_err(|e| failed("cannot bind a port on 127.0.0.1", e))?;
+        let addr = listener.local_addr().map_err(|e| failed("reading the new port", e))?;
         let pid = Pid::new(addr, self.next_incarnation);
         self.next_incarnation += 1;
-        let (monitor_bridge, monitor_end) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| failed("making a socket pair", e))?;
-        let (control_bridge, control_end) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| failed("making a socket pair", e))?;
+        let (monitor_bridge, monitor_end) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
+        let (control_bridge, control_end) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
         let start = Start {
             pid,
             parent: Some(parent),
@@ -682,14 +606,8 @@ impl Bridge {
             closure: Some((entry, arg)),
         };
         let start = codec::encode(&start).map_err(|e| SpawnError::Failed(e.to_string()))?;
-        let start =
-            sys::memfd_with(&start).map_err(|e| failed("making the spawn argument file", e))?;
-        let fds = [
-            monitor_end.as_raw_fd(),
-            control_end.as_raw_fd(),
-            listener.as_raw_fd(),
-            start.as_raw_fd(),
-        ];
+        let start = sys::memfd_with(&start).map_err(|e| failed("making the spawn argument file", e))?;
+        let fds = [monitor_end.as_raw_fd(), control_end.as_raw_fd(), listener.as_raw_fd(), start.as_raw_fd()];
 
         let mut command = process::Command::new("/proc/self/exe");
         let mut args = env.args.iter().map(|a| OsStr::from_bytes(a));
@@ -702,10 +620,7 @@ impl Bridge {
                 command.env(OsStr::from_bytes(key), OsStr::from_bytes(value));
             }
         }
-        command.env(
-            FDS_VAR,
-            format!("{},{},{},{}", fds[0], fds[1], fds[2], fds[3]),
-        );
+        command.env(FDS_VAR, format!("{},{},{},{}", fds[0], fds[1], fds[2], fds[3]));
         if !env.cwd.is_empty() {
             command.current_dir(OsStr::from_bytes(&env.cwd));
         }
@@ -714,22 +629,27 @@ impl Bridge {
         unsafe {
             command.pre_exec(move || fds.iter().try_for_each(|&fd| sys::clear_cloexec(fd)));
         }
-        let child = command
-            .spawn()
-            .map_err(|e| failed("cannot start the process", e))?;
+        let child = command.spawn().map_err(|e| failed("cannot start the process", e))?;
         drop((monitor_end, control_end, listener, start));
         let monitor_os_pid = OsPid(child.id() as i32);
-        if let Err(error) = self.add_process(
-            pid,
-            monitor_os_pid,
-            resources,
-            monitor_bridge,
-            control_bridge,
-        ) {
+        if let Err(error) = self.add_process(pid, monitor_os_pid, resources, monitor_bridge, control_bridge) {
             let _ = sys::kill(monitor_os_pid, libc::SIGKILL);
             return Err(failed("watching the new process", error));
         }
         self.printer.spawned(parent, pid);
+        // All before the new process can end: its exit report is read after this.
+        if options.link {
+            self.link(parent, pid);
+        }
+        if options.bind {
+            self.procs.get_mut(&pid).expect("added above").bound_to = Some(parent);
+            if let Some(process) = self.procs.get_mut(&parent) {
+                process.bound.push(pid);
+            }
+        }
+        if let Some(name) = &options.register {
+            self.names.insert(name.clone(), pid);
+        }
         Ok(pid)
     }
 }
@@ -743,19 +663,17 @@ fn drain_signals(pipe: &mut UnixStream) {
 /// Copies the bridge's stdin to the top process, on a thread of its own so a
 /// terminal is read with plain blocking reads.
 fn forward_stdin(stdin: OwnedFd) {
-    let _ = std::thread::Builder::new()
-        .name("constellation-stdin".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match sys::read(0, &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if sys::write_all(stdin.as_raw_fd(), &buf[..n]).is_err() {
-                            break;
-                        }
+    let _ = std::thread::Builder::new().name("constellation-stdin".into()).spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match sys::read(0, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sys::write_all(stdin.as_raw_fd(), &buf[..n]).is_err() {
+                        break;
                     }
                 }
             }
-        });
+        }
+    });
 }

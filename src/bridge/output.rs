@@ -1,7 +1,7 @@
 //! How the bridge shows the job: the human format (process output on stdout and
 //! stderr exactly as written, headers and notes on stderr) or JSON lines.
 
-use crate::{sys, ExitStatus, Pid};
+use crate::{sys, ExitStatus, Pid, SupervisorEvent};
 use serde_json::{json, Value};
 
 const STDOUT: i32 = 1;
@@ -25,12 +25,7 @@ fn write(fd: i32, bytes: &[u8]) {
 
 impl Printer {
     pub(crate) fn new(json: bool) -> Printer {
-        Printer {
-            json,
-            colour: !json && sys::is_terminal(STDERR),
-            current: None,
-            mid_line: false,
-        }
+        Printer { json, colour: !json && sys::is_terminal(STDERR), current: None, mid_line: false }
     }
 
     fn event(&self, value: Value) {
@@ -65,11 +60,7 @@ impl Printer {
             write(STDERR, b"\n");
             self.mid_line = false;
         }
-        let line = if self.colour {
-            format!("   \x1b[2m{text}\x1b[0m\n")
-        } else {
-            format!("   {text}\n")
-        };
+        let line = if self.colour { format!("   \x1b[2m{text}\x1b[0m\n") } else { format!("   {text}\n") };
         write(STDERR, line.as_bytes());
     }
 
@@ -119,6 +110,34 @@ impl Printer {
             };
             self.note(pid, &text);
         }
+    }
+
+    /// What supervisor `pid` did with one of its children.
+    pub(crate) fn supervisor(&mut self, pid: Pid, event: &SupervisorEvent) {
+        if self.json {
+            self.event(json!({
+                "event": "supervisor",
+                "supervisor": pid.tag(),
+                "child": event.child,
+                "pid": event.pid.map(|p| p.tag()),
+                "action": event.action.as_str(),
+                "reason": event.reason,
+                "restarts": event.restarts,
+            }));
+            return;
+        }
+        let mut line = format!("supervisor: {} {:?}", event.action.as_str(), event.child);
+        if let Some(child) = event.pid {
+            line.push_str(&format!(" ({child})"));
+        }
+        if let Some(reason) = &event.reason {
+            line.push_str(&format!(": {reason}"));
+        }
+        if event.restarts > 0 {
+            let plural = if event.restarts == 1 { "" } else { "s" };
+            line.push_str(&format!(" [{} restart{plural} in the window]", event.restarts));
+        }
+        self.note(pid, &line);
     }
 
     /// A message from the bridge itself, such as a warning.

@@ -39,18 +39,8 @@ fn dir_for(controller: &str, pid: OsPid) -> Option<PathBuf> {
         Some(PathBuf::from(format!("/sys/fs/cgroup{}", path.trim_end_matches('/'))).join(name))
     } else {
         let path = own_cgroup(controller)?;
-        let mount = if controller == "cpu" {
-            "cpu"
-        } else {
-            controller
-        };
-        Some(
-            PathBuf::from(format!(
-                "/sys/fs/cgroup/{mount}{}",
-                path.trim_end_matches('/')
-            ))
-            .join(name),
-        )
+        let mount = if controller == "cpu" { "cpu" } else { controller };
+        Some(PathBuf::from(format!("/sys/fs/cgroup/{mount}{}", path.trim_end_matches('/'))).join(name))
     }
 }
 
@@ -70,17 +60,11 @@ fn make_and_enter(dir: &PathBuf, settings: &[(&str, String)], pid: OsPid) -> io:
 /// `resources`, preferring cgroups. Returns how memory is enforced.
 pub(crate) fn enter_limits(pid: OsPid, resources: &Resources) -> io::Result<MemoryLimit> {
     let bytes = resources.mem.bytes();
-    let v1_memory = dir_for("memory", pid).filter(|d| {
-        d.parent()
-            .is_some_and(|p| p.join("memory.limit_in_bytes").exists())
-    });
+    let v1_memory =
+        dir_for("memory", pid).filter(|d| d.parent().is_some_and(|p| p.join("memory.limit_in_bytes").exists()));
     let memory = match v1_memory {
-        Some(dir) => {
-            make_and_enter(&dir, &[("memory.limit_in_bytes", bytes.to_string())], pid).is_ok()
-        }
-        None => match dir_for("", pid)
-            .filter(|d| d.parent().is_some_and(|p| p.join("memory.max").exists()))
-        {
+        Some(dir) => make_and_enter(&dir, &[("memory.limit_in_bytes", bytes.to_string())], pid).is_ok(),
+        None => match dir_for("", pid).filter(|d| d.parent().is_some_and(|p| p.join("memory.max").exists())) {
             Some(dir) => {
                 let weight = ((resources.cpu.cores() * 100.0).round() as u64).clamp(1, 10_000);
                 make_and_enter(
@@ -98,9 +82,7 @@ pub(crate) fn enter_limits(pid: OsPid, resources: &Resources) -> io::Result<Memo
         },
     };
     // CPU as a weight in the v1 cpu controller: 1024 shares a core.
-    if let Some(dir) =
-        dir_for("cpu", pid).filter(|d| d.parent().is_some_and(|p| p.join("cpu.shares").exists()))
-    {
+    if let Some(dir) = dir_for("cpu", pid).filter(|d| d.parent().is_some_and(|p| p.join("cpu.shares").exists())) {
         let shares = ((resources.cpu.cores() * 1024.0).round() as u64).max(2);
         let _ = make_and_enter(&dir, &[("cpu.shares", shares.to_string())], pid);
     }
@@ -119,25 +101,14 @@ pub(crate) fn memory_exceeded(pid: OsPid) -> bool {
         dir_for("", pid).map(|d| d.join("memory.events")),
     ];
     counters.into_iter().flatten().any(|file| {
-        fs::read_to_string(file).is_ok_and(|text| {
-            text.lines().any(|line| {
-                line.strip_prefix("oom_kill ")
-                    .is_some_and(|n| n.trim() != "0")
-            })
-        })
+        fs::read_to_string(file)
+            .is_ok_and(|text| text.lines().any(|line| line.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
     })
 }
 
 /// Removes the cgroups made for process `pid`, once it has been reaped.
 pub(crate) fn remove(pid: OsPid) {
-    for dir in [
-        dir_for("memory", pid),
-        dir_for("cpu", pid),
-        dir_for("", pid),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for dir in [dir_for("memory", pid), dir_for("cpu", pid), dir_for("", pid)].into_iter().flatten() {
         if dir.exists() {
             // A grandchild still inside keeps it busy; the kernel then keeps it.
             let _ = fs::remove_dir(&dir);

@@ -51,9 +51,7 @@ pub(crate) unsafe fn fork() -> io::Result<Fork> {
 
 /// The number of threads of this process.
 pub(crate) fn thread_count() -> usize {
-    fs::read_dir("/proc/self/task")
-        .map(|dir| dir.count())
-        .unwrap_or(1)
+    fs::read_dir("/proc/self/task").map(|dir| dir.count()).unwrap_or(1)
 }
 
 /// This process's id.
@@ -193,10 +191,7 @@ pub(crate) fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
 
 /// Raises the soft open-files limit to the hard limit.
 pub(crate) fn raise_fd_limit() -> io::Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: limit is a valid rlimit to write to.
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
     limit.rlim_cur = limit.rlim_max;
@@ -206,10 +201,7 @@ pub(crate) fn raise_fd_limit() -> io::Result<()> {
 
 /// Limits the process's data segment (heap and private mappings) to `bytes`.
 pub(crate) fn limit_data(bytes: u64) -> io::Result<()> {
-    let limit = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    };
+    let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
     // SAFETY: limit is a valid rlimit.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) }).map(drop)
 }
@@ -251,14 +243,8 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Polls `fds` (fd, events) for up to `timeout`; returns the ready events of each.
 pub(crate) fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i16>> {
-    let mut pollfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&(fd, events)| libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        })
-        .collect();
+    let mut pollfds: Vec<libc::pollfd> =
+        fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
     let timeout = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     // SAFETY: pollfds is a valid array of its length.
     match cvt(unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) }) {
@@ -287,12 +273,7 @@ pub(crate) fn at_exit(handler: extern "C" fn()) {
 /// The machine's physical memory in bytes.
 pub(crate) fn physical_memory() -> u64 {
     // SAFETY: sysconf takes a plain integer.
-    let (pages, size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
     (pages.max(0) as u64).saturating_mul(size.max(0) as u64)
 }
 
@@ -303,9 +284,7 @@ pub(crate) fn random_u64() -> u64 {
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if n != 8 {
         // Fall back to something that differs between runs.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         return t.as_nanos() as u64 ^ (getpid().0 as u64) << 32;
     }
     u64::from_ne_bytes(bytes)

@@ -8,10 +8,7 @@ use std::{
 };
 
 fn small() -> Resources {
-    Resources {
-        mem: 30 * Mem::MIB,
-        ..Resources::default()
-    }
+    Resources { mem: 30 * Mem::MIB, ..Resources::default() }
 }
 
 /// Sends 256 MiB in 1 MiB values (strings: quick to encode even unoptimised),
@@ -23,11 +20,7 @@ fn flood(parent: Pid) {
         sender.send(value.clone()).block();
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let peak = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .unwrap()
-        .to_string();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_string();
     drop(sender);
     println!("{peak}");
 }
@@ -59,24 +52,17 @@ fn main() {
     init(Resources::default());
     match scenario.as_str() {
         "exit_code" => {
-            let code = std::env::args()
-                .nth(2)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1);
+            let code = std::env::args().nth(2).and_then(|c| c.parse().ok()).unwrap_or(1);
             println!("exiting with {code}");
             std::process::exit(code);
         }
         "panic_child" => {
-            let child = spawn(small(), FnOnce!(|_parent: Pid| panic!("boom")))
-                .block()
-                .unwrap();
+            let child = spawn(small(), FnOnce!(|_parent: Pid| panic!("boom"))).block().unwrap();
             let result = Receiver::<u64>::new(child).recv().block();
             println!("recv: {result:?}");
         }
         "abort_child" => {
-            let child = spawn(small(), FnOnce!(|_parent: Pid| std::process::abort()))
-                .block()
-                .unwrap();
+            let child = spawn(small(), FnOnce!(|_parent: Pid| std::process::abort())).block().unwrap();
             println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
         }
         "binary_output" => {
@@ -92,9 +78,7 @@ fn main() {
                     let args: Vec<String> = std::env::args().collect();
                     let vars: Vec<String> = std::env::vars()
                         .filter(|(k, _)| {
-                            k.starts_with("SCENARIO_")
-                                || k == "SET_AT_RUNTIME"
-                                || k.starts_with("CONSTELLATION_")
+                            k.starts_with("SCENARIO_") || k == "SET_AT_RUNTIME" || k.starts_with("CONSTELLATION_")
                         })
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
@@ -106,10 +90,8 @@ fn main() {
             )
             .block()
             .unwrap();
-            let (args, mut vars, cwd) = Receiver::<(Vec<String>, Vec<String>, String)>::new(child)
-                .recv()
-                .block()
-                .unwrap();
+            let (args, mut vars, cwd) =
+                Receiver::<(Vec<String>, Vec<String>, String)>::new(child).recv().block().unwrap();
             vars.sort();
             println!("args: {}", args[1..].join(" "));
             println!("vars: {}", vars.join(" "));
@@ -150,9 +132,7 @@ fn main() {
                 small(),
                 FnOnce!(|parent: Pid| {
                     std::thread::sleep(Duration::from_millis(200));
-                    Sender::<String>::new(parent)
-                        .send("slow".to_string())
-                        .block();
+                    Sender::<String>::new(parent).send("slow".to_string()).block();
                 }),
             )
             .block()
@@ -234,15 +214,10 @@ fn main() {
             }
         }
         "slow_receiver" => {
-            let child = spawn(
-                Resources {
-                    mem: 100 * Mem::MIB,
-                    ..Resources::default()
-                },
-                FnOnce!(|parent: Pid| flood(parent)),
-            )
-            .block()
-            .unwrap();
+            let child =
+                spawn(Resources { mem: 100 * Mem::MIB, ..Resources::default() }, FnOnce!(|parent: Pid| flood(parent)))
+                    .block()
+                    .unwrap();
             std::thread::sleep(Duration::from_secs(1));
             let receiver = Receiver::<String>::new(child);
             let mut total = 0usize;
@@ -256,9 +231,7 @@ fn main() {
             let child = spawn(
                 small(),
                 FnOnce!(|parent: Pid| {
-                    Sender::<String>::new(parent)
-                        .send("text".to_string())
-                        .block();
+                    Sender::<String>::new(parent).send("text".to_string()).block();
                 }),
             )
             .block()
@@ -269,49 +242,26 @@ fn main() {
             let count = 200u64;
             let spawns = (0..count).map(|i| {
                 spawn(
-                    Resources {
-                        mem: 20 * Mem::MIB,
-                        ..Resources::default()
-                    },
+                    Resources { mem: 20 * Mem::MIB, ..Resources::default() },
                     FnOnce!(move |parent: Pid| Sender::<u64>::new(parent).send(i).block()),
                 )
             });
-            let children: Vec<Pid> = join_all(spawns)
-                .block()
-                .into_iter()
-                .map(|r| r.unwrap())
-                .collect();
-            let sum: u64 = children
-                .iter()
-                .map(|&c| Receiver::<u64>::new(c).recv().block().unwrap())
-                .sum();
+            let children: Vec<Pid> = join_all(spawns).block().into_iter().map(|r| r.unwrap()).collect();
+            let sum: u64 = children.iter().map(|&c| Receiver::<u64>::new(c).recv().block().unwrap()).sum();
             println!("{} children, sum {sum}", children.len());
         }
         "memory_limit" => {
-            let child = spawn(
-                Resources {
-                    mem: 50 * Mem::MIB,
-                    ..Resources::default()
-                },
-                FnOnce!(|_parent: Pid| hog_memory()),
-            )
-            .block()
-            .unwrap();
+            let child =
+                spawn(Resources { mem: 50 * Mem::MIB, ..Resources::default() }, FnOnce!(|_parent: Pid| hog_memory()))
+                    .block()
+                    .unwrap();
             println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
         }
         "capacity" => {
-            let huge = Resources {
-                mem: 64 * Mem::TIB,
-                ..Resources::default()
-            };
+            let huge = Resources { mem: 64 * Mem::TIB, ..Resources::default() };
             let refused = try_spawn(huge, FnOnce!(|_parent: Pid| {})).block();
             println!("try_spawn: {refused:?}");
-            let child = spawn(
-                huge,
-                FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(1).block()),
-            )
-            .block()
-            .unwrap();
+            let child = spawn(huge, FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(1).block())).block().unwrap();
             println!("spawn: {:?}", Receiver::<u64>::new(child).recv().block());
         }
         "sleepers" => {
@@ -345,21 +295,35 @@ fn main() {
             println!("end of input");
         }
         "monitor" => {
-            let coded = spawn(small(), FnOnce!(|_parent: Pid| std::process::exit(7)))
-                .block()
-                .unwrap();
-            println!("code: {:?}", monitor(coded).block().status);
-            let panicky = spawn(small(), FnOnce!(|_parent: Pid| panic!("boom")))
-                .block()
-                .unwrap();
-            println!("panic: {:?}", monitor(panicky).block().status);
-            println!("gone: {:?}", monitor(coded).block().status);
-            let killed = spawn(
+            // Each child waits for a word before ending, so the monitor is set up
+            // while it lives.
+            let coded = spawn(
                 small(),
-                FnOnce!(|_parent: Pid| std::thread::sleep(Duration::from_secs(60))),
+                FnOnce!(|parent: Pid| {
+                    let _ = Receiver::<()>::new(parent).recv().block();
+                    std::process::exit(7)
+                }),
             )
             .block()
             .unwrap();
+            let down = monitor(coded);
+            Sender::<()>::new(coded).send(()).block();
+            println!("code: {:?}", down.block().status);
+            let panicky = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let _ = Receiver::<()>::new(parent).recv().block();
+                    panic!("boom")
+                }),
+            )
+            .block()
+            .unwrap();
+            let down = monitor(panicky);
+            Sender::<()>::new(panicky).send(()).block();
+            println!("panic: {:?}", down.block().status);
+            println!("gone: {:?}", monitor(coded).block().status);
+            let killed =
+                spawn(small(), FnOnce!(|_parent: Pid| std::thread::sleep(Duration::from_secs(60)))).block().unwrap();
             let down = monitor(killed);
             kill(killed);
             println!("killed: {}", down.block().status);
@@ -372,7 +336,7 @@ fn main() {
                     spawn_link(
                         small(),
                         FnOnce!(|_parent: Pid| {
-                            std::thread::sleep(Duration::from_millis(100));
+                            std::thread::sleep(Duration::from_millis(500));
                             panic!("crash")
                         }),
                     )
@@ -392,12 +356,8 @@ fn main() {
                 small(),
                 FnOnce!(|parent: Pid| {
                     trap_exits(true);
-                    let crasher = spawn_link(small(), FnOnce!(|_parent: Pid| panic!("crash")))
-                        .block()
-                        .unwrap();
-                    let finisher = spawn_link(small(), FnOnce!(|_parent: Pid| {}))
-                        .block()
-                        .unwrap();
+                    let crasher = spawn_link(small(), FnOnce!(|_parent: Pid| panic!("crash"))).block().unwrap();
+                    let finisher = spawn_link(small(), FnOnce!(|_parent: Pid| {})).block().unwrap();
                     let mut signals = exits();
                     let mut seen = Vec::new();
                     for _ in 0..2 {
@@ -421,31 +381,25 @@ fn main() {
             )
             .block()
             .unwrap();
+            let down = monitor(middle);
             for line in Receiver::<Vec<String>>::new(middle).recv().block().unwrap() {
                 println!("{line}");
             }
-            println!("middle: {}", monitor(middle).block().status);
+            println!("middle: {}", down.block().status);
         }
         "normal_exit_no_cascade" => {
             let middle = spawn(
                 small(),
                 FnOnce!(|parent: Pid| {
-                    let child = spawn_link(small(), FnOnce!(|_parent: Pid| {}))
-                        .block()
-                        .unwrap();
+                    let child = spawn_link(small(), FnOnce!(|_parent: Pid| {})).block().unwrap();
                     monitor(child).block();
                     std::thread::sleep(Duration::from_millis(100));
-                    Sender::<String>::new(parent)
-                        .send("still here".to_string())
-                        .block();
+                    Sender::<String>::new(parent).send("still here".to_string()).block();
                 }),
             )
             .block()
             .unwrap();
-            println!(
-                "middle says: {}",
-                Receiver::<String>::new(middle).recv().block().unwrap()
-            );
+            println!("middle says: {}", Receiver::<String>::new(middle).recv().block().unwrap());
         }
         "shutdown" => {
             let polite = spawn(
@@ -487,9 +441,7 @@ fn main() {
                 FnOnce!(|parent: Pid| {
                     let taken = register("store");
                     let found = whereis("store") == Some(parent);
-                    Sender::<String>::new(parent)
-                        .send(format!("{taken:?} {found}"))
-                        .block();
+                    Sender::<String>::new(parent).send(format!("{taken:?} {found}")).block();
                 }),
             )
             .block()
@@ -521,9 +473,7 @@ fn main() {
                     let requests = Mailbox::<u64>::open("requests");
                     for _ in 0..3 {
                         let (from, key) = requests.recv().block().unwrap();
-                        Sender::<u64>::to_mailbox(from, "replies")
-                            .send(key * 100)
-                            .block();
+                        Sender::<u64>::to_mailbox(from, "replies").send(key * 100).block();
                     }
                 }),
             )
@@ -538,9 +488,7 @@ fn main() {
                         small(),
                         FnOnce!(move |parent: Pid| {
                             let replies = Mailbox::<u64>::open("replies");
-                            Sender::<u64>::to_registered("store", "requests")
-                                .send(key)
-                                .block();
+                            Sender::<u64>::to_registered("store", "requests").send(key).block();
                             let (_, value) = replies.recv().block().unwrap();
                             Sender::<u64>::new(parent).send(value).block();
                         }),
@@ -549,20 +497,15 @@ fn main() {
                     .unwrap()
                 })
                 .collect();
-            let mut answers: Vec<u64> = workers
-                .iter()
-                .map(|&w| Receiver::<u64>::new(w).recv().block().unwrap())
-                .collect();
+            let mut answers: Vec<u64> =
+                workers.iter().map(|&w| Receiver::<u64>::new(w).recv().block().unwrap()).collect();
             answers.sort();
             println!("answers: {answers:?}");
             let typed = Mailbox::<String>::open("typed");
             let me = pid();
-            spawn(
-                small(),
-                FnOnce!(move |_parent: Pid| Sender::<u64>::to_mailbox(me, "typed").send(5).block()),
-            )
-            .block()
-            .unwrap();
+            spawn(small(), FnOnce!(move |_parent: Pid| Sender::<u64>::to_mailbox(me, "typed").send(5).block()))
+                .block()
+                .unwrap();
             println!("typed: {:?}", typed.recv().block().map(|(_, v)| v));
         }
         other => {

@@ -24,28 +24,16 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// The path of a built example (cargo test builds every example).
 pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
     let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the examples first (cargo build --examples)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: build the examples first (cargo build --examples)", path.display());
     path
 }
 
 /// A marker put in the environment of the job, so its processes can be found.
 fn new_marker() -> String {
     static COUNT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{}-{}-{}",
-        std::process::id(),
-        COUNT.fetch_add(1, Ordering::Relaxed),
-        Instant::now().elapsed().as_nanos()
-    )
+    format!("{}-{}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::Relaxed), Instant::now().elapsed().as_nanos())
 }
 
 /// The OS pids of live processes whose environment holds `marker`.
@@ -63,15 +51,8 @@ pub fn processes_with_marker(marker: &str) -> Vec<i32> {
             continue;
         };
         // Zombies have already ended; their parent reaps them.
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-        if !zombie
-            && environ
-                .windows(needle.len())
-                .any(|w| w == needle.as_bytes())
-        {
+        let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if !zombie && environ.windows(needle.len()).any(|w| w == needle.as_bytes()) {
             found.push(pid);
         }
     }
@@ -101,11 +82,7 @@ impl Job {
         let mut command = Command::new(example(name));
         command.args(args);
         command.env_remove("RUST_BACKTRACE");
-        Job {
-            command,
-            format: "json".into(),
-            stdin: None,
-        }
+        Job { command, format: "json".into(), stdin: None }
     }
 
     /// Shows the human format instead of JSON lines.
@@ -134,11 +111,7 @@ impl Job {
         self.command
             .env("SCENARIO_MARKER", &marker)
             .env("CONSTELLATION_FORMAT", &self.format)
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -155,14 +128,7 @@ impl Job {
             pump(child.stdout.take().expect("piped"), stdout.clone()),
             pump(child.stderr.take().expect("piped"), stderr.clone()),
         ];
-        Running {
-            child,
-            marker,
-            stdout,
-            stderr,
-            readers,
-            started: Instant::now(),
-        }
+        Running { child, marker, stdout, stderr, readers, started: Instant::now() }
     }
 
     /// Runs the job to its end.
@@ -201,27 +167,16 @@ impl Running {
             if Finished::stdout_of_events(&events, None).contains(text) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the job did not print {text:?} within {within:?}"
-            );
+            assert!(Instant::now() < deadline, "the job did not print {text:?} within {within:?}");
             thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Sends `signal` to the bridge, or to its whole process group.
     pub fn signal(&self, signal: i32, whole_group: bool) {
-        let target = if whole_group {
-            -self.bridge_pid()
-        } else {
-            self.bridge_pid()
-        };
+        let target = if whole_group { -self.bridge_pid() } else { self.bridge_pid() };
         // SAFETY: kill takes plain integers.
-        assert_eq!(
-            unsafe { libc::kill(target, signal) },
-            0,
-            "sending signal {signal}"
-        );
+        assert_eq!(unsafe { libc::kill(target, signal) }, 0, "sending signal {signal}");
     }
 
     /// Waits for the bridge to end (killing the job at the deadline) and collects
@@ -235,8 +190,11 @@ impl Running {
                 kill_all(&self.marker);
                 let _ = self.child.kill();
                 let _ = self.child.wait();
+                let events = parse_events(&self.stdout.lock().unwrap());
+                let tail: Vec<String> = events.iter().rev().take(40).rev().map(describe).collect();
                 panic!(
-                    "the job ran past {DEADLINE:?}; stderr so far:\n{}",
+                    "the job ran past {DEADLINE:?}; its last events:\n{}\nstderr:\n{}",
+                    tail.join("\n"),
                     String::from_utf8_lossy(&self.stderr.lock().unwrap())
                 );
             }
@@ -260,11 +218,21 @@ impl Running {
             stderr,
             marker: self.marker.clone(),
         };
-        assert!(
-            drained,
-            "the job's output pipes stayed open after the bridge ended: something was left behind"
-        );
+        assert!(drained, "the job's output pipes stayed open after the bridge ended: something was left behind");
         finished
+    }
+}
+
+/// An event as a line a person reads (output decoded as text).
+fn describe(event: &Value) -> String {
+    if event["event"] == "output" {
+        let bytes: Vec<u8> = event["data"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|b| b.as_u64()).map(|b| b as u8).collect())
+            .unwrap_or_default();
+        format!("{} fd{}: {:?}", event["pid"], event["fd"], String::from_utf8_lossy(&bytes))
+    } else {
+        event.to_string()
     }
 }
 
@@ -317,10 +285,7 @@ impl Finished {
     /// The top process's tag, named by the first event.
     pub fn top(&self) -> String {
         let first = self.events.first().expect("no events");
-        assert_eq!(
-            first["event"], "spawn",
-            "the first event names the top process"
-        );
+        assert_eq!(first["event"], "spawn", "the first event names the top process");
         assert!(first["parent"].is_null());
         first["child"].as_str().expect("a tag").to_owned()
     }
@@ -330,12 +295,7 @@ impl Finished {
         self.events
             .iter()
             .filter(|e| e["event"] == "spawn" && !e["parent"].is_null())
-            .map(|e| {
-                (
-                    e["parent"].as_str().unwrap().to_owned(),
-                    e["child"].as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|e| (e["parent"].as_str().unwrap().to_owned(), e["child"].as_str().unwrap().to_owned()))
             .collect()
     }
 
@@ -353,13 +313,7 @@ impl Finished {
         self.events
             .iter()
             .filter(|e| e["event"] == "output" && e["pid"] == pid && e["fd"] == fd)
-            .flat_map(|e| {
-                e["data"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|b| b.as_u64().unwrap() as u8)
-            })
+            .flat_map(|e| e["data"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8))
             .collect()
     }
 
@@ -377,13 +331,7 @@ impl Finished {
         let bytes: Vec<u8> = events
             .iter()
             .filter(|e| e["event"] == "output" && e["fd"] == 1 && pid.is_none_or(|p| e["pid"] == p))
-            .flat_map(|e| {
-                e["data"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|b| b.as_u64().unwrap() as u8)
-            })
+            .flat_map(|e| e["data"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8))
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
@@ -399,5 +347,26 @@ impl Finished {
             self.stderr_text()
         );
         lines[0].to_owned()
+    }
+}
+
+impl Finished {
+    /// The supervisor events, as (action, child name) in order.
+    pub fn supervisor_events(&self) -> Vec<(String, String)> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "supervisor")
+            .map(|e| (e["action"].as_str().unwrap().to_owned(), e["child"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    /// The supervisor events for one child, as actions in order.
+    pub fn actions_of(&self, child: &str) -> Vec<String> {
+        self.supervisor_events().into_iter().filter(|(_, c)| c == child).map(|(a, _)| a).collect()
+    }
+
+    /// The index in the event stream of the first event matching `pred`.
+    pub fn position(&self, pred: impl Fn(&Value) -> bool) -> Option<usize> {
+        self.events.iter().position(pred)
     }
 }

@@ -1,0 +1,241 @@
+//! Supervision trees the end-to-end tests run, one per scenario named by the first
+//! argument. Children tell the top process what they do through its "events"
+//! mailbox; each counts its incarnations in a file, so a child can crash on its
+//! first life only. See `tests/supervisor_*.rs`.
+use constellation::*;
+use constellation_supervisor::*;
+use std::{path::PathBuf, time::Duration};
+
+fn small() -> Resources {
+    Resources { mem: 30 * Mem::MIB, ..Resources::default() }
+}
+
+/// A directory private to this run of the job, named by the top process (its
+/// environment is inherited by every process it spawns, and theirs by theirs).
+fn run_dir() -> PathBuf {
+    PathBuf::from(std::env::var("SUPERVISION_RUN_DIR").expect("set by the top process"))
+}
+
+/// Counts the incarnations of child `name`: 1 for its first life.
+fn incarnation(name: &str) -> u32 {
+    let path = run_dir().join(name);
+    let count = std::fs::read_to_string(&path).ok().and_then(|c| c.trim().parse().ok()).unwrap_or(0) + 1;
+    std::fs::write(&path, count.to_string()).expect("writing the incarnation count");
+    count
+}
+
+/// Tells the top process.
+fn event(text: String) {
+    Sender::<String>::to_registered("top", "events").send(text).block();
+}
+
+/// Waits until child `name` has started its first life.
+fn wait_for_life(name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !run_dir().join(name).exists() {
+        assert!(std::time::Instant::now() < deadline, "{name} never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A child that announces itself, crashes on its first life if `crash_first`
+/// (once the last child, "c", has started, so the strategies' effects show on
+/// every sibling), exits with `code` if given, and otherwise waits to be stopped.
+fn worker(name: String, crash_first: bool, code: Option<i32>) {
+    let life = incarnation(&name);
+    event(format!("{name} {life}"));
+    if crash_first && life == 1 {
+        if name == "b" {
+            wait_for_life("c");
+        }
+        panic!("{name} crashed");
+    }
+    if let Some(code) = code {
+        std::process::exit(code);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn child(name: &str, crash_first: bool) -> Child {
+    let owned = name.to_owned();
+    Child::new(name, small(), FnOnce!(move |_sup: Pid| worker(owned, crash_first, None)))
+        .shutdown(Shutdown::Timeout(Duration::from_secs(5)))
+}
+
+fn exiting(name: &str, crash_first: bool, code: i32) -> Child {
+    let owned = name.to_owned();
+    Child::new(name, small(), FnOnce!(move |_sup: Pid| worker(owned, crash_first, Some(code))))
+}
+
+/// Waits until `count` events came, printing each.
+fn expect_events(events: &Mailbox<String>, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            let (_, text) = timeout(Duration::from_secs(30), events.recv())
+                .block()
+                .expect("an expected event did not come within 30 s")
+                .expect("the events mailbox failed");
+            println!("event: {text}");
+            text
+        })
+        .collect()
+}
+
+/// Shuts the supervisor down and prints how it ended.
+fn stop(supervisor: Pid) {
+    let down = monitor(supervisor);
+    shutdown(supervisor, Duration::from_secs(20));
+    println!("supervisor: {}", down.block().status);
+}
+
+fn main() {
+    init(Resources::default());
+    let dir = std::env::temp_dir().join(format!("constellation-supervision-{}", std::process::id()));
+    std::env::set_var("SUPERVISION_RUN_DIR", &dir);
+    std::fs::create_dir_all(run_dir()).expect("making the run directory");
+    register("top").expect("registering the top process");
+    let events = Mailbox::<String>::open("events");
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    let sup = |s: Supervisor| s.spawn(small()).block().expect("spawning the supervisor");
+    match scenario.as_str() {
+        "one_for_one" | "one_for_all" | "rest_for_one" => {
+            let strategy = match scenario.as_str() {
+                "one_for_one" => OneForOne,
+                "one_for_all" => OneForAll,
+                _ => RestForOne,
+            };
+            let supervisor = sup(Supervisor::new(strategy)
+                .intensity(5, Duration::from_secs(10))
+                .child(child("a", false))
+                .child(child("b", true))
+                .child(child("c", false)));
+            // a 1, b 1, c 1, then the restarts the strategy calls for.
+            let extra = match strategy {
+                OneForOne => 1,
+                OneForAll => 3,
+                RestForOne => 2,
+            };
+            let mut seen = expect_events(&events, 3 + extra);
+            seen.sort();
+            println!("lives: {}", seen.join(", "));
+            stop(supervisor);
+        }
+        "restart_types" => {
+            let supervisor = sup(Supervisor::new(OneForOne)
+                .intensity(10, Duration::from_secs(10))
+                .child(exiting("transient_ok", false, 0).restart(Restart::Transient))
+                .child(exiting("transient_bad", true, 0).restart(Restart::Transient))
+                .child(exiting("temporary_bad", true, 0).restart(Restart::Temporary))
+                .child(child("permanent_ok", false).restart(Restart::Permanent)));
+            let mut seen = expect_events(&events, 5);
+            seen.sort();
+            println!("lives: {}", seen.join(", "));
+            stop(supervisor);
+        }
+        "permanent_normal_exit" => {
+            // A permanent child restarts even after exit code 0, until the intensity is spent.
+            let supervisor =
+                sup(Supervisor::new(OneForOne).intensity(2, Duration::from_secs(30)).child(exiting("once", false, 0)));
+            let down = monitor(supervisor);
+            let seen = expect_events(&events, 3);
+            println!("lives: {}", seen.join(", "));
+            println!("supervisor: {}", down.block().status);
+        }
+        "escalation" => {
+            let inner = Supervisor::new(OneForOne).intensity(1, Duration::from_secs(30)).child(Child::new(
+                "crasher",
+                small(),
+                FnOnce!(|_sup: Pid| {
+                    let life = incarnation("crasher");
+                    event(format!("crasher {life}"));
+                    panic!("crasher always crashes");
+                }),
+            ));
+            let outer = sup(Supervisor::new(OneForOne)
+                .intensity(1, Duration::from_secs(30))
+                .child(Child::supervisor("inner", inner)));
+            let down = monitor(outer);
+            // inner gives up after 2 crasher lives; outer restarts it once; then it gives up too.
+            expect_events(&events, 4);
+            println!("outer: {}", down.block().status);
+        }
+        "shutdown_timeout" => {
+            let supervisor = sup(Supervisor::new(OneForOne)
+                .child(
+                    Child::new(
+                        "polite",
+                        small(),
+                        FnOnce!(|_sup: Pid| {
+                            on_shutdown(|| println!("polite cleans up"));
+                            event("polite 1".to_string());
+                            loop {
+                                std::thread::sleep(Duration::from_secs(60));
+                            }
+                        }),
+                    )
+                    .shutdown(Shutdown::Timeout(Duration::from_secs(20))),
+                )
+                .child(
+                    Child::new(
+                        "stubborn",
+                        small(),
+                        FnOnce!(|_sup: Pid| {
+                            on_shutdown(|| {
+                                println!("stubborn ignores the shutdown");
+                                loop {
+                                    std::thread::sleep(Duration::from_secs(60));
+                                }
+                            });
+                            event("stubborn 1".to_string());
+                            loop {
+                                std::thread::sleep(Duration::from_secs(60));
+                            }
+                        }),
+                    )
+                    .shutdown(Shutdown::Timeout(Duration::from_millis(300))),
+                ));
+            expect_events(&events, 2);
+            stop(supervisor);
+        }
+        "kill_supervisor" => {
+            let inner = Supervisor::new(OneForOne).child(child("leaf", false));
+            let supervisor = sup(Supervisor::new(OneForOne)
+                .child(Child::new(
+                    "trapper",
+                    small(),
+                    FnOnce!(|_sup: Pid| {
+                        trap_exits(true);
+                        event("trapper 1".to_string());
+                        loop {
+                            std::thread::sleep(Duration::from_secs(60));
+                        }
+                    }),
+                ))
+                .child(Child::supervisor("inner", inner)));
+            expect_events(&events, 2);
+            let down = monitor(supervisor);
+            kill(supervisor);
+            println!("supervisor: {}", down.block().status);
+        }
+        "registered_child" => {
+            let supervisor = sup(Supervisor::new(OneForOne)
+                .intensity(3, Duration::from_secs(10))
+                .child(child("named", true).register("worker")));
+            expect_events(&events, 2);
+            // The event comes from the new incarnation, which holds the name from its start.
+            let holder = whereis("worker").expect("the restarted child holds its name");
+            println!("whereis: found");
+            let down = monitor(holder);
+            stop(supervisor);
+            println!("worker: {}", down.block().status);
+            println!("after: {:?}", whereis("worker"));
+        }
+        other => {
+            eprintln!("unknown scenario {other:?}");
+            std::process::exit(2);
+        }
+    }
+    let _ = std::fs::remove_dir_all(run_dir());
+}
