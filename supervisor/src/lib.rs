@@ -57,6 +57,13 @@
 //!   output (and a JSON `supervisor` event): supervisor, child, reason, and the
 //!   restarts in the current window.
 //!
+//! - **Operating a running tree.** A [`SupervisorHandle`] (from the supervisor's
+//!   `Pid` or registered name, in any process) lists, counts, terminates,
+//!   restarts and deletes children, through the supervisor's control mailbox
+//!   (OTP's `which_children`, `count_children`, `terminate_child`,
+//!   `restart_child`, `delete_child`). A [`DynamicSupervisor`] starts children
+//!   from one template on request (OTP's `simple_one_for_one` and `start_child`).
+//!
 //! A supervisor traps exits: its children's ends reach it as messages. Children
 //! are processes of any closure type: each spec stores its closure as a
 //! [`ProcessFn`](constellation::ProcessFn) (trampoline plus serialised bytes), so it
@@ -65,8 +72,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod handle;
 mod run;
 mod spec;
 
-pub use spec::{Child, Restart, Shutdown, Strategy, Supervisor};
+pub use handle::{ChildCount, ChildInfo, HandleError, SupervisorHandle};
+pub use spec::{Child, DynamicSupervisor, Restart, Shutdown, Strategy, Supervisor};
 pub use Strategy::{OneForAll, OneForOne, RestForOne};

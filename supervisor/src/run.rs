@@ -2,27 +2,20 @@
 //! restarts by strategy and intensity, and stops everything on shutdown or
 //! failure.
 
-use crate::spec::{Child, Restart, Shutdown, Strategy, Supervisor};
+use crate::{
+    handle::{answer, Answer, ChildCount, ChildInfo, Control, HandleError, Request, CONTROL_MAILBOX},
+    spec::{Child, Restart, Shutdown, Start, Strategy, Supervisor},
+};
 use constellation::{
     exits, kill, on_shutdown, pid, report_supervisor_event, shutdown, shutdown_and_wait, trap_exits, Block, Exit,
     ExitStatus, Mailbox, Pid, Sender, SupervisorAction, SupervisorEvent,
 };
 use futures::{select, FutureExt, StreamExt};
-use serde::{Deserialize, Serialize};
 use std::{
     collections::VecDeque,
     sync::{Condvar, Mutex},
     time::Instant,
 };
-
-/// The mailbox through which a supervisor is told to stop.
-const CONTROL_MAILBOX: &str = "constellation.supervisor";
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Control {
-    /// Stop every child and end normally (sent by this process's SIGTERM hook).
-    Stop,
-}
 
 /// Set once the children are stopped after a shutdown request.
 static STOPPED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
@@ -33,6 +26,10 @@ struct Running {
     pids: Vec<Option<Pid>>,
     /// Children that ended for good (temporary, or transient that ended normally).
     done: Vec<bool>,
+    /// Children terminated through a handle: kept, but not restarted.
+    held: Vec<bool>,
+    /// Children started from a dynamic supervisor's template so far.
+    instances: u64,
     restarts: VecDeque<Instant>,
     /// Exit signals received while waiting for another.
     pending: VecDeque<Exit>,
@@ -41,6 +38,11 @@ struct Running {
 
 pub(crate) fn run(spec: Supervisor) {
     trap_exits(true);
+    if let Some(name) = &spec.name {
+        if let Err(error) = constellation::register(name) {
+            panic!("supervisor: cannot register as {name:?}: {error}");
+        }
+    }
     let control = Mailbox::<Control>::open(CONTROL_MAILBOX);
     let me = pid();
     on_shutdown(move || {
@@ -56,6 +58,8 @@ pub(crate) fn run(spec: Supervisor) {
         spec,
         pids: vec![None; count],
         done: vec![false; count],
+        held: vec![false; count],
+        instances: 0,
         restarts: VecDeque::new(),
         pending: VecDeque::new(),
         exits: exits(),
@@ -68,7 +72,9 @@ pub(crate) fn run(spec: Supervisor) {
         }
     }
     loop {
-        if sup.pids.iter().all(Option::is_none) {
+        // Nothing runs and nothing will: a normal end (a dynamic supervisor waits
+        // for requests instead).
+        if sup.spec.template.is_none() && sup.pids.iter().all(Option::is_none) && sup.done.iter().all(|&d| d) {
             return;
         }
         let exit = match sup.pending.pop_front() {
@@ -89,6 +95,11 @@ pub(crate) fn run(spec: Supervisor) {
                         *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
                         stopped.notify_all();
                         return;
+                    }
+                    Some(Err(Ok((from, Control::Call { reply_to, request })))) => {
+                        let reply = sup.on_request(request);
+                        answer(from, &reply_to, reply);
+                        continue;
                     }
                     Some(Err(Err(error))) => {
                         log::warn!("supervisor: a bad control message: {error}");
@@ -171,6 +182,9 @@ impl Running {
         };
         if !restart {
             self.done[index] = true;
+            if self.spec.template.is_some() {
+                self.forget(index);
+            }
             return;
         }
         let now = Instant::now();
@@ -196,7 +210,10 @@ impl Running {
             self.stop(other);
         }
         for &other in &affected {
-            if self.done[other] || (other != index && self.spec.children[other].restart == Restart::Temporary) {
+            if self.done[other]
+                || self.held[other]
+                || (other != index && self.spec.children[other].restart == Restart::Temporary)
+            {
                 continue;
             }
             self.report(other, None, SupervisorAction::Restarting, None);
@@ -204,6 +221,85 @@ impl Running {
                 let name = self.spec.children[other].name.clone();
                 self.stop_all();
                 panic!("supervisor: child {name:?} failed to restart: {error}");
+            }
+        }
+    }
+
+    /// Removes child `index`, which is not running, from the supervisor.
+    fn forget(&mut self, index: usize) {
+        self.spec.children.remove(index);
+        self.pids.remove(index);
+        self.done.remove(index);
+        self.held.remove(index);
+    }
+
+    fn find(&self, name: &str) -> Result<usize, HandleError> {
+        self.spec.children.iter().position(|c| c.name == name).ok_or_else(|| HandleError::NotFound(name.to_owned()))
+    }
+
+    /// Carries out a handle's request.
+    fn on_request(&mut self, request: Request) -> Answer {
+        match request {
+            Request::WhichChildren => Answer::Children(
+                self.spec
+                    .children
+                    .iter()
+                    .zip(&self.pids)
+                    .map(|(child, pid)| ChildInfo {
+                        name: child.name.clone(),
+                        pid: *pid,
+                        restart: child.restart,
+                        supervisor: matches!(child.start, Start::Supervisor(_)),
+                    })
+                    .collect(),
+            ),
+            Request::CountChildren => {
+                let supervisors = self.spec.children.iter().filter(|c| matches!(c.start, Start::Supervisor(_))).count();
+                Answer::Count(ChildCount {
+                    specs: self.spec.children.len(),
+                    active: self.pids.iter().filter(|p| p.is_some()).count(),
+                    supervisors,
+                    workers: self.spec.children.len() - supervisors,
+                })
+            }
+            Request::TerminateChild(name) => Answer::Done(self.find(&name).map(|index| {
+                self.stop(index);
+                self.held[index] = true;
+                None
+            })),
+            Request::RestartChild(name) => Answer::Done(self.find(&name).and_then(|index| {
+                if self.pids[index].is_some() {
+                    return Err(HandleError::Running(name));
+                }
+                self.start(index).map_err(|e| HandleError::StartFailed(e.to_string()))?;
+                self.held[index] = false;
+                self.done[index] = false;
+                Ok(self.pids[index])
+            })),
+            Request::DeleteChild(name) => Answer::Done(self.find(&name).and_then(|index| {
+                if self.pids[index].is_some() {
+                    return Err(HandleError::Running(name));
+                }
+                self.forget(index);
+                Ok(None)
+            })),
+            Request::StartChild => {
+                let Some(template) = &self.spec.template else { return Answer::Done(Err(HandleError::NotDynamic)) };
+                self.instances += 1;
+                let mut child: Child = template.clone();
+                child.name = format!("{}#{}", template.name, self.instances);
+                self.spec.children.push(child);
+                self.pids.push(None);
+                self.done.push(false);
+                self.held.push(false);
+                let index = self.pids.len() - 1;
+                Answer::Done(match self.start(index) {
+                    Ok(()) => Ok(self.pids[index]),
+                    Err(error) => {
+                        self.forget(index);
+                        Err(HandleError::StartFailed(error.to_string()))
+                    }
+                })
             }
         }
     }

@@ -144,13 +144,24 @@ pub struct Supervisor {
     pub(crate) max_restarts: u32,
     pub(crate) period: Duration,
     pub(crate) children: Vec<Child>,
+    /// For a dynamic supervisor: the spec each `start_child` instantiates.
+    pub(crate) template: Option<Child>,
+    /// The name the supervisor registers its own process under.
+    pub(crate) name: Option<String>,
 }
 
 impl Supervisor {
     /// A supervisor with `strategy`, no children, and OTP's default intensity of
     /// 1 restart in 5 seconds.
     pub fn new(strategy: Strategy) -> Supervisor {
-        Supervisor { strategy, max_restarts: 1, period: Duration::from_secs(5), children: Vec::new() }
+        Supervisor {
+            strategy,
+            max_restarts: 1,
+            period: Duration::from_secs(5),
+            children: Vec::new(),
+            template: None,
+            name: None,
+        }
     }
 
     /// Allows at most `max_restarts` restarts within any `period`; one more makes
@@ -158,6 +169,13 @@ impl Supervisor {
     pub fn intensity(mut self, max_restarts: u32, period: Duration) -> Supervisor {
         self.max_restarts = max_restarts;
         self.period = period;
+        self
+    }
+
+    /// Registers the supervisor's process under `name` when it starts, so
+    /// [`SupervisorHandle::registered`](crate::SupervisorHandle::registered) finds it.
+    pub fn register(mut self, name: &str) -> Supervisor {
+        self.name = Some(name.to_owned());
         self
     }
 
@@ -192,5 +210,50 @@ impl Supervisor {
         let supervisor = self;
         let run = FnOnce!(move |_parent: Pid| supervisor.run());
         ProcessFn::new(run).spawn(resources, SpawnOptions::default())
+    }
+}
+
+/// A supervisor whose children, all from one template, are started at run time
+/// with [`SupervisorHandle::start_child`](crate::SupervisorHandle::start_child),
+/// from any process (OTP's `simple_one_for_one`).
+///
+/// Children are named after the template with a sequence number (`worker#1`),
+/// restarted one for one as the template's [`Restart`] says, and forgotten once
+/// they end for good. A dynamic supervisor runs until it is shut down.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DynamicSupervisor {
+    supervisor: Supervisor,
+}
+
+impl DynamicSupervisor {
+    /// A dynamic supervisor of children made from `template`, with OTP's default
+    /// intensity of 1 restart in 5 seconds.
+    pub fn new(template: Child) -> DynamicSupervisor {
+        let mut supervisor = Supervisor::new(Strategy::OneForOne);
+        supervisor.template = Some(template);
+        DynamicSupervisor { supervisor }
+    }
+
+    /// Allows at most `max_restarts` restarts within any `period`.
+    pub fn intensity(self, max_restarts: u32, period: Duration) -> DynamicSupervisor {
+        DynamicSupervisor { supervisor: self.supervisor.intensity(max_restarts, period) }
+    }
+
+    /// Registers the supervisor's process under `name` when it starts.
+    pub fn register(self, name: &str) -> DynamicSupervisor {
+        DynamicSupervisor { supervisor: self.supervisor.register(name) }
+    }
+
+    /// Runs the dynamic supervisor in this process until it is shut down.
+    ///
+    /// # Panics
+    /// When the restart intensity is exceeded, after stopping every child.
+    pub fn run(self) {
+        self.supervisor.run()
+    }
+
+    /// Runs the dynamic supervisor in a new process with `resources`.
+    pub fn spawn(self, resources: Resources) -> Spawn {
+        self.supervisor.spawn(resources)
     }
 }

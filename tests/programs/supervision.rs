@@ -232,6 +232,78 @@ fn main() {
             println!("worker: {}", down.block().status);
             println!("after: {:?}", whereis("worker"));
         }
+        "handle" => {
+            let supervisor = sup(Supervisor::new(OneForOne)
+                .register("tree")
+                .child(child("a", false))
+                .child(Child::supervisor("nested", Supervisor::new(OneForOne).child(child("leaf", false)))));
+            expect_events(&events, 2);
+            let handle = SupervisorHandle::registered("tree");
+            let names = |h: &SupervisorHandle| {
+                h.which_children()
+                    .unwrap()
+                    .iter()
+                    .map(|c| {
+                        format!("{}:{}:{}", c.name, if c.pid.is_some() { "running" } else { "stopped" }, c.supervisor)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            println!("children: {}", names(&handle));
+            println!("count: {:?}", handle.count_children().unwrap());
+            println!("terminate: {:?}", handle.terminate_child("a"));
+            println!("after terminate: {}", names(&handle));
+            println!("delete running: {:?}", handle.delete_child("nested"));
+            println!("restart: {:?}", handle.restart_child("a").map(|_| "a pid"));
+            expect_events(&events, 1);
+            println!("restart running: {:?}", handle.restart_child("a"));
+            println!("terminate missing: {:?}", handle.terminate_child("zzz"));
+            println!("start on static: {:?}", handle.start_child());
+            handle.terminate_child("a").unwrap();
+            println!("delete: {:?}", handle.delete_child("a"));
+            println!("after delete: {}", names(&handle));
+            stop(supervisor);
+            println!("handle of a gone supervisor: {:?}", SupervisorHandle::new(supervisor).count_children());
+        }
+        "dynamic" => {
+            let template = Child::new(
+                "dyn",
+                small(),
+                FnOnce!(|_sup: Pid| {
+                    let life = incarnation("dyn");
+                    event(format!("dyn {life}"));
+                    if life == 2 {
+                        panic!("the second one crashes");
+                    }
+                }),
+            )
+            .restart(Restart::Transient);
+            let pool =
+                DynamicSupervisor::new(template).intensity(3, Duration::from_secs(10)).spawn(small()).block().unwrap();
+            // Started from another process, which has never met the pool's children.
+            let client = spawn(
+                small(),
+                FnOnce!(move |parent: Pid| {
+                    let handle = SupervisorHandle::new(pool);
+                    let started: Vec<Pid> = (0..3).map(|_| handle.start_child().unwrap()).collect();
+                    Sender::<usize>::new(parent).send(started.len()).block();
+                }),
+            )
+            .block()
+            .unwrap();
+            println!("client started: {}", Receiver::<usize>::new(client).recv().block().unwrap());
+            let mut seen = expect_events(&events, 4);
+            seen.sort();
+            println!("lives: {}", seen.join(", "));
+            let handle = SupervisorHandle::new(pool);
+            // Ended children are forgotten.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while handle.count_children().unwrap().specs > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            println!("count: {:?}", handle.count_children().unwrap());
+            stop(pool);
+        }
         other => {
             eprintln!("unknown scenario {other:?}");
             std::process::exit(2);
