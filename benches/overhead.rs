@@ -7,6 +7,7 @@
 //! `RESULT <scenario> ours=<number> baseline=<number> unit=<unit> ratio=<ours/baseline>`.
 //! See `benches/README.md`.
 use constellation::*;
+use constellation_supervisor::{Child as ChildSpec, OneForOne, Supervisor};
 use futures::future::join_all;
 use std::{
     io::{BufReader, BufWriter, Read, Write},
@@ -26,6 +27,9 @@ fn main() {
     }
     // The top process holds a thousand connections in `fanout_1000`.
     init(Resources { mem: 2 * Mem::GIB, cpu: Cpu::CORE });
+    // Processes inherit the environment when spawned: a crash should not pay for
+    // capturing and printing a backtrace (tens of ms), which `restart` would measure.
+    std::env::remove_var("RUST_BACKTRACE");
     let wanted: Vec<&str> = args[1..].iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
     let run = |name: &str| wanted.is_empty() || wanted.contains(&name);
     let mut results = Vec::new();
@@ -46,6 +50,13 @@ fn main() {
     }
     if run("rss") {
         results.push(rss());
+    }
+    if run("restart") {
+        let spawn = match results.iter().find(|r| r.name == "spawn") {
+            Some(figure) => figure.ours,
+            None => spawn_latency().ours,
+        };
+        results.push(restart(spawn));
     }
     println!("{:<14} {:>14} {:>14} {:>8}  unit", "scenario", "ours", "baseline", "ratio");
     for r in &results {
@@ -359,4 +370,40 @@ fn rss() -> Figure {
     drop(stream);
     child.wait().unwrap();
     Figure { name: "rss", ours: ours as f64, baseline: u64::from_le_bytes(buf) as f64, unit: "kB" }
+}
+
+/// A supervised child crashes; the time until its replacement's first message
+/// reaches a waiting process. Baseline: this run's `spawn` figure.
+fn restart(spawn_ms: f64) -> Figure {
+    const ROUNDS: usize = 200;
+    register("bench").expect("registering the bench process");
+    let alive = Mailbox::<()>::open("alive");
+    let child = ChildSpec::new(
+        "crasher",
+        small(),
+        Fn!(|_sup: Pid| {
+            let commands = Mailbox::<()>::open("crash");
+            Sender::<()>::to_registered("bench", "alive").send(()).block();
+            let _ = commands.recv().block();
+            panic!("crashing on request");
+        }),
+    );
+    let supervisor = Supervisor::new(OneForOne)
+        .intensity(10 * ROUNDS as u32, Duration::from_secs(1))
+        .child(child)
+        .spawn(small())
+        .block()
+        .unwrap();
+    let (mut current, ()) = alive.recv().block().unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        Sender::<()>::to_mailbox(current, "crash").send(()).block();
+        let (next, ()) = alive.recv().block().unwrap();
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+        assert_ne!(next, current);
+        current = next;
+    }
+    kill(supervisor);
+    Figure { name: "restart", ours: median(samples), baseline: spawn_ms, unit: "ms" }
 }
