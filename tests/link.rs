@@ -34,3 +34,12 @@ fn a_normal_exit_does_not_propagate() {
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     assert_eq!(job.line("middle says: "), "middle says: still here");
 }
+
+#[test]
+fn demonitor_and_unlink_cancel_what_they_set_up() {
+    let job = Job::new("scenarios", &["demonitor_unlink"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("demonitored: "), "demonitored: Err(Elapsed)");
+    assert_eq!(job.line("crasher: "), "crasher: panicked: crash after the unlink");
+    assert_eq!(job.line("survived"), "survived the unlinked crash");
+}

@@ -44,3 +44,14 @@ fn exceeded_intensity_escalates_through_a_nested_tree() {
     assert_eq!(job.actions_of("inner"), ["started", "exited", "restarting", "started", "exited", "gave up"]);
     job.assert_nothing_left();
 }
+
+#[test]
+fn a_child_that_fails_to_start_fails_the_supervisor_after_stopping_the_others() {
+    let job = Job::new("supervision", &["start_failure"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    let status = job.line("supervisor: ");
+    assert!(status.starts_with("supervisor: panicked: supervisor: child \"second\" failed to start"), "{status}");
+    assert!(status.contains("already registered"), "{status}");
+    assert_eq!(job.actions_of("first"), ["started", "stopped"]);
+    job.assert_nothing_left();
+}

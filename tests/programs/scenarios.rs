@@ -401,6 +401,27 @@ fn main() {
             .unwrap();
             println!("middle says: {}", Receiver::<String>::new(middle).recv().block().unwrap());
         }
+        "demonitor_unlink" => {
+            let watched =
+                spawn(small(), FnOnce!(|_parent: Pid| std::thread::sleep(Duration::from_secs(60)))).block().unwrap();
+            let down = monitor(watched);
+            demonitor(watched);
+            kill(watched);
+            println!("demonitored: {:?}", timeout(Duration::from_millis(500), down).block().map(|d| d.status));
+            let crasher = spawn_link(
+                small(),
+                FnOnce!(|_parent: Pid| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    panic!("crash after the unlink")
+                }),
+            )
+            .block()
+            .unwrap();
+            unlink(crasher);
+            let down = monitor(crasher);
+            println!("crasher: {}", down.block().status);
+            println!("survived the unlinked crash");
+        }
         "shutdown" => {
             let polite = spawn(
                 small(),

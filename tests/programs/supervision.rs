@@ -232,6 +232,15 @@ fn main() {
             println!("worker: {}", down.block().status);
             println!("after: {:?}", whereis("worker"));
         }
+        "start_failure" => {
+            // The second child's name is taken (by this process): the supervisor's
+            // start fails, stopping the first child.
+            let supervisor = sup(Supervisor::new(OneForOne)
+                .child(child("first", false))
+                .child(child("second", false).register("top")));
+            let down = monitor(supervisor);
+            println!("supervisor: {}", down.block().status);
+        }
         "handle" => {
             let supervisor = sup(Supervisor::new(OneForOne)
                 .register("tree")
