@@ -66,3 +66,10 @@ fn a_type_mismatch_is_an_error() {
     let job = Job::new("scenarios", &["type_mismatch"]).run();
     assert_eq!(job.line("recv: "), "recv: Err(TypeMismatch { expected: \"u64\", found: \"alloc::string::String\" })");
 }
+
+#[test]
+fn sender_is_a_sink_and_receiver_a_stream() {
+    let job = Job::new("scenarios", &["sink_stream"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("streamed "), "streamed 100 values summing to 5050");
+}

@@ -401,6 +401,26 @@ fn main() {
             .unwrap();
             println!("middle says: {}", Receiver::<String>::new(middle).recv().block().unwrap());
         }
+        "sink_stream" => {
+            use futures::{SinkExt, StreamExt};
+            let child = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let mut sender = Sender::<u64>::new(parent);
+                    async {
+                        let mut values = futures::stream::iter((1..=100u64).map(Ok));
+                        sender.send_all(&mut values).await.unwrap();
+                        sender.flush().await.unwrap();
+                    }
+                    .block();
+                }),
+            )
+            .block()
+            .unwrap();
+            let receiver = Receiver::<u64>::new(child);
+            let values: Vec<u64> = receiver.collect::<Vec<_>>().block();
+            println!("streamed {} values summing to {}", values.len(), values.iter().sum::<u64>());
+        }
         "demonitor_unlink" => {
             let watched =
                 spawn(small(), FnOnce!(|_parent: Pid| std::thread::sleep(Duration::from_secs(60)))).block().unwrap();
