@@ -34,12 +34,14 @@ mod channel;
 mod codec;
 mod exit_status;
 mod inbox;
+mod job;
 mod mailbox;
 mod monitor;
 mod net;
 mod otp;
 mod outbox;
 mod pid;
+mod pool;
 mod proto;
 mod reactor;
 mod resources;
@@ -50,6 +52,7 @@ mod sys;
 pub use block::{sleep, timeout, Block, Elapsed, Sleep, Timeout};
 pub use channel::{Receiver, RecvError, SendError, Sender};
 pub use exit_status::ExitStatus;
+pub use job::{fanout, job, Fanout, Job, JobError};
 pub use mailbox::{Mailbox, MailboxRecv};
 pub use otp::{
     demonitor, exits, kill, link, monitor, on_shutdown, register, report_supervisor_event, shutdown, shutdown_and_wait,
@@ -57,6 +60,7 @@ pub use otp::{
     SupervisorEvent,
 };
 pub use pid::Pid;
+pub use pool::{Pool, PoolRun};
 pub use resources::{Cpu, Mem, ParseResourceError, Resources};
 pub use runtime::{init, pid, resources};
 pub use serde_closure::{Fn, FnMut, FnOnce};

@@ -682,6 +682,13 @@ impl Net {
         self.flush_control();
     }
 
+    /// A new id with a slot for an answer, for a request sent as part of another.
+    pub(crate) fn new_slot(&mut self) -> u64 {
+        self.next_call_id += 1;
+        self.calls.insert(self.next_call_id, CallSlot::default());
+        self.next_call_id
+    }
+
     /// Sends the request `make(id)` with a new id, keeping a slot for its answer.
     pub(crate) fn call(&mut self, make: impl FnOnce(u64) -> Request) -> u64 {
         self.next_call_id += 1;

@@ -108,6 +108,13 @@ pub fn monitor(pid: Pid) -> Monitor {
     Monitor { pid, id }
 }
 
+impl Monitor {
+    /// The monitor of `pid` whose answer comes to call slot `id`.
+    pub(crate) fn from_slot(pid: Pid, id: u64) -> Monitor {
+        Monitor { pid, id }
+    }
+}
+
 impl Future for Monitor {
     type Output = Down;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Down> {

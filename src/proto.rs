@@ -14,7 +14,16 @@ pub(crate) const KIND_MESSAGE: u8 = 1;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
     /// Start a process running the closure `arg` through the trampoline at `entry`.
-    Spawn { id: u64, resources: Resources, options: SpawnOptions, entry: isize, arg: Vec<u8>, env: Environment },
+    /// `monitor`: set up a monitor of the new process with this id, before it can end.
+    Spawn {
+        id: u64,
+        resources: Resources,
+        options: SpawnOptions,
+        monitor: Option<u64>,
+        entry: isize,
+        arg: Vec<u8>,
+        env: Environment,
+    },
     /// Show a supervisor's report on the job's output.
     Supervisor { event: SupervisorEvent },
     /// Tell me when `pid` has ended (at once if it already has, or never existed).

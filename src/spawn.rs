@@ -66,6 +66,23 @@ pub(crate) unsafe fn run_trampoline(entry: isize, arg: &[u8], parent: Pid) {
     trampoline(arg, parent)
 }
 
+/// A task function of this binary, as an offset from [`base`] another process of
+/// the same binary can call with [`call_task`].
+pub(crate) fn task_entry(task: fn(&[u8]) -> Vec<u8>) -> isize {
+    (task as usize as isize).wrapping_sub(base as fn() as usize as isize)
+}
+
+/// Calls the task function at offset `entry` from [`base`] on `arg`.
+///
+/// # Safety
+/// `entry` must have been computed by [`task_entry`] in this same binary.
+pub(crate) unsafe fn call_task(entry: isize, arg: &[u8]) -> Vec<u8> {
+    let address = (base as fn() as usize as isize).wrapping_add(entry) as usize;
+    // SAFETY: the caller guarantees `address` is a `fn(&[u8]) -> Vec<u8>` of this binary.
+    let task: fn(&[u8]) -> Vec<u8> = unsafe { std::mem::transmute::<usize, fn(&[u8]) -> Vec<u8>>(address) };
+    task(arg)
+}
+
 /// Starts `f` in a new process with `resources`, and resolves to its [`Pid`].
 ///
 /// The new process runs this same binary with the parent's arguments, environment
@@ -164,11 +181,24 @@ impl ProcessFn {
             id: 0,
             resources,
             options,
+            monitor: None,
             entry: self.entry,
             arg: self.arg.clone(),
             env: Environment::current(),
         };
-        Spawn { request: Some(request), id: 0 }
+        Spawn { request: Some(request), id: 0, monitor: None }
+    }
+
+    /// Like [`ProcessFn::spawn`], and monitors the new process from before it can
+    /// end: once the spawn resolves, [`Spawn::monitor`] gives the monitor.
+    pub(crate) fn spawn_monitored(&self, resources: Resources, options: SpawnOptions) -> Spawn {
+        let mut spawn = self.spawn(resources, options);
+        let id = runtime::with_net(|net| net.new_slot());
+        if let Some(Request::Spawn { monitor, .. }) = &mut spawn.request {
+            *monitor = Some(id);
+        }
+        spawn.monitor = Some(id);
+        spawn
     }
 }
 
@@ -178,6 +208,15 @@ impl ProcessFn {
 pub struct Spawn {
     request: Option<Request>,
     id: u64,
+    /// The monitor set up with the spawn, if asked for.
+    monitor: Option<u64>,
+}
+
+impl Spawn {
+    /// The monitor of the spawned process `pid`, if this spawn set one up.
+    pub(crate) fn monitor(&mut self, pid: Pid) -> Option<crate::Monitor> {
+        self.monitor.take().map(|id| crate::Monitor::from_slot(pid, id))
+    }
 }
 
 impl Future for Spawn {
@@ -204,8 +243,13 @@ impl Future for Spawn {
 
 impl Drop for Spawn {
     fn drop(&mut self) {
-        if self.id != 0 {
-            runtime::with_net(|net| net.calls.remove(&self.id));
+        if self.id != 0 || self.monitor.is_some() {
+            runtime::with_net(|net| {
+                net.calls.remove(&self.id);
+                if let Some(monitor) = self.monitor {
+                    net.calls.remove(&monitor);
+                }
+            });
         }
     }
 }

@@ -391,8 +391,13 @@ impl Bridge {
 
     fn on_request(&mut self, from: Pid, key: usize, request: Request) {
         match request {
-            Request::Spawn { id, resources, options, entry, arg, env } => {
+            Request::Spawn { id, resources, options, monitor, entry, arg, env } => {
                 let result = self.spawn(from, resources, &options, entry, arg, &env);
+                if let (Ok(child), Some(monitor)) = (&result, monitor) {
+                    if let Some(process) = self.procs.get_mut(child) {
+                        process.monitors.push((from, monitor));
+                    }
+                }
                 self.reply(key, &Reply::Spawned { id, result });
             }
             Request::Supervisor { event } => self.printer.supervisor(from, &event),

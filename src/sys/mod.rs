@@ -343,3 +343,11 @@ pub(crate) fn bind_loopback() -> io::Result<std::net::TcpListener> {
     cvt(unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) })?;
     Ok(listener)
 }
+
+/// Limits the process's CPU time: SIGXCPU at `limit`, SIGKILL a second later.
+pub(crate) fn limit_cpu_time(limit: Duration) -> io::Result<()> {
+    let soft = limit.as_secs().max(1);
+    let limit = libc::rlimit { rlim_cur: soft, rlim_max: soft + 1 };
+    // SAFETY: limit is a valid rlimit.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_CPU, &limit) }).map(drop)
+}

@@ -25,6 +25,10 @@ fn flood(parent: Pid) {
     println!("{peak}");
 }
 
+fn no_answer() -> u64 {
+    panic!("no answer")
+}
+
 /// Touches 400 MiB, 10 MiB at a time.
 fn hog_memory() {
     let mut hog: Vec<Vec<u8>> = Vec::new();
@@ -420,6 +424,83 @@ fn main() {
             let receiver = Receiver::<u64>::new(child);
             let values: Vec<u64> = receiver.collect::<Vec<_>>().block();
             println!("streamed {} values summing to {}", values.len(), values.iter().sum::<u64>());
+        }
+        "jobs" => {
+            println!("value: {:?}", job(small(), FnOnce!(|| 6 * 7)).block());
+            println!("panic: {:?}", job(small(), FnOnce!(|| no_answer())).block());
+            let hog = job(Resources { mem: 50 * Mem::MIB, ..Resources::default() }, FnOnce!(|| hog_memory())).block();
+            println!("memory: {hog:?}");
+            let spin = job(
+                small(),
+                FnOnce!(|| loop {
+                    std::hint::black_box(0u64);
+                }),
+            )
+            .cpu_time(Duration::from_secs(1))
+            .block();
+            println!("cpu: {:?}", spin.map(|()| "finished"));
+            let mut slow = job(
+                small(),
+                FnOnce!(|| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    5u64
+                }),
+            );
+            println!("try_get first: {:?}", slow.try_get());
+            println!("try_get later: {:?}", timeout(Duration::from_secs(20), slow).block());
+            let mut forever = job(
+                small(),
+                FnOnce!(|| {
+                    std::thread::sleep(Duration::from_secs(60));
+                    0u64
+                }),
+            );
+            // try_get starts it; the Pid comes once the spawn is answered.
+            let pid = loop {
+                assert!(forever.try_get().is_none());
+                if let Some(pid) = forever.pid() {
+                    break pid;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let down = monitor(pid);
+            forever.abort();
+            println!("aborted: {}", down.block().status);
+        }
+        "fanout" => {
+            fn now() -> u128 {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            }
+            let results = Fanout::new(
+                small(),
+                Fn!(|i: u64| {
+                    let start = now();
+                    std::thread::sleep(Duration::from_millis(30));
+                    if i == 13 {
+                        panic!("unlucky {i}");
+                    }
+                    (i * 2, start, now())
+                }),
+            )
+            .concurrency(3)
+            .run((0..20).collect())
+            .block();
+            let values: Vec<String> = results
+                .iter()
+                .map(|r| match r {
+                    Ok((v, _, _)) => v.to_string(),
+                    Err(e) => e.to_string(),
+                })
+                .collect();
+            println!("values: {}", values.join(","));
+            let spans: Vec<(u128, u128)> =
+                results.iter().filter_map(|r| r.as_ref().ok()).map(|&(_, s, e)| (s, e)).collect();
+            let most =
+                spans.iter().map(|&(s, _)| spans.iter().filter(|&&(s2, e2)| s2 <= s && s < e2).count()).max().unwrap();
+            println!("most at once: {}", most.min(3));
+            println!("over 3: {}", most > 3);
+            let plain = fanout(small(), vec![1u64, 2, 3], Fn!(|x: u64| x + 100)).block();
+            println!("plain: {plain:?}");
         }
         "demonitor_unlink" => {
             let watched =

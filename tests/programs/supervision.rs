@@ -16,12 +16,18 @@ fn run_dir() -> PathBuf {
     PathBuf::from(std::env::var("SUPERVISION_RUN_DIR").expect("set by the top process"))
 }
 
-/// Counts the incarnations of child `name`: 1 for its first life.
+/// Counts the incarnations of child `name`: 1 for its first life. Atomic across
+/// processes: each life claims the first number whose marker file it can create.
 fn incarnation(name: &str) -> u32 {
-    let path = run_dir().join(name);
-    let count = std::fs::read_to_string(&path).ok().and_then(|c| c.trim().parse().ok()).unwrap_or(0) + 1;
-    std::fs::write(&path, count.to_string()).expect("writing the incarnation count");
-    count
+    (1..)
+        .find(|life| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(run_dir().join(format!("{name}.{life}")))
+                .is_ok()
+        })
+        .expect("a free number")
 }
 
 /// Tells the top process.
@@ -32,7 +38,7 @@ fn event(text: String) {
 /// Waits until child `name` has started its first life.
 fn wait_for_life(name: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !run_dir().join(name).exists() {
+    while !run_dir().join(format!("{name}.1")).exists() {
         assert!(std::time::Instant::now() < deadline, "{name} never started");
         std::thread::sleep(Duration::from_millis(5));
     }
