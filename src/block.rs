@@ -42,8 +42,14 @@ impl Wake for ThreadWaker {
 thread_local! {
     /// The socket the future being blocked on waits to read, if it is one.
     static WAIT_FD: Cell<Option<RawFd>> = const { Cell::new(None) };
-    /// This thread's eventfd for waking it out of `poll`.
-    static EVENTFD: Option<Arc<OwnedFd>> = sys::eventfd().ok().map(Arc::new);
+    /// This thread's waker for `block`, made once: a stale wake-up from an
+    /// earlier future only makes the loop poll once more.
+    static THREAD_WAKER: Arc<ThreadWaker> = Arc::new(ThreadWaker {
+        thread: thread::current(),
+        notified: AtomicBool::new(false),
+        polling: AtomicBool::new(false),
+        eventfd: sys::eventfd().ok().map(Arc::new),
+    });
 }
 
 /// Notes that the current task waits for `fd` to become readable, so a thread
@@ -68,13 +74,8 @@ pub trait Block: Future {
     where
         Self: Sized,
     {
-        let eventfd = EVENTFD.with(Clone::clone);
-        let waker_state = Arc::new(ThreadWaker {
-            thread: thread::current(),
-            notified: AtomicBool::new(false),
-            polling: AtomicBool::new(false),
-            eventfd: eventfd.clone(),
-        });
+        let waker_state = THREAD_WAKER.with(Clone::clone);
+        let eventfd = waker_state.eventfd.clone();
         let waker = Waker::from(waker_state.clone());
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(self);

@@ -460,6 +460,7 @@ impl<T: DeserializeOwned> Receiver<T> {
                     }
                     FRAME_DATA if peer.mismatched => continue,
                     FRAME_DATA => {
+                        peer.received_since_send = true;
                         codec::decode(peer.inbox.bytes(payload)).map_err(|e| RecvError::Corrupt(e.to_string()))
                     }
                     FRAME_CLOSE => Err(RecvError::SenderDropped),

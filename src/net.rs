@@ -93,6 +93,8 @@ pub(crate) struct Peer {
     pub(crate) mismatched: bool,
     pub(crate) recv_waker: Option<Waker>,
     pub(crate) send_waker: Option<Waker>,
+    /// Whether a value was received from this peer since we last sent it one.
+    pub(crate) received_since_send: bool,
 }
 
 impl Peer {
@@ -128,6 +130,18 @@ struct Control {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     lost: bool,
+}
+
+impl Control {
+    /// Appends a request to what goes to the bridge.
+    fn queue(&mut self, request: &Request) {
+        if self.lost {
+            return;
+        }
+        if let Err(error) = codec::append_frame(&mut self.wbuf, KIND_MESSAGE, request) {
+            log::error!("encoding a request to the bridge: {error}");
+        }
+    }
 }
 
 /// The connection state of this process.
@@ -219,11 +233,15 @@ impl Net {
 
     /// The entry for `pid`, asking the bridge to say when it ends.
     pub(crate) fn peer(&mut self, pid: Pid) -> &mut Peer {
-        if !self.peers.get(&pid).is_some_and(|p| p.watched) {
-            self.request(&Request::Watch { pid });
-            self.peers.entry(pid).or_default().watched = true;
+        let Net { peers, control, .. } = self;
+        let peer = peers.entry(pid).or_default();
+        if !peer.watched {
+            peer.watched = true;
+            // Written out by the next flush of the control connection (every
+            // `with_net` and every reactor turn end with one).
+            control.queue(&Request::Watch { pid });
         }
-        self.peers.get_mut(&pid).expect("inserted above")
+        peer
     }
 
     /// Starts a connection to `pid` unless one exists or is being made.
@@ -283,7 +301,18 @@ impl Net {
         if peer.gone() {
             return Ok(());
         }
+        let was_empty = peer.out.queued() == 0;
         peer.out.append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
+        // A reply (a value sent after one was received from the same peer) goes
+        // out at once, on this thread: in request/response, latency counts. Values
+        // streamed one after another are left for the reactor to write together.
+        let reply = std::mem::take(&mut peer.received_since_send);
+        if was_empty && reply && peer.sock.is_some() {
+            self.flush_peer(pid);
+            if self.peers.get(&pid).is_some_and(|p| p.queued() == 0) {
+                return Ok(());
+            }
+        }
         self.mark_dirty(pid);
         Ok(())
     }
@@ -672,14 +701,15 @@ impl Net {
 
     /// Sends a request to the bridge.
     pub(crate) fn request(&mut self, request: &Request) {
-        if self.control.lost {
-            return;
-        }
-        if let Err(error) = codec::append_frame(&mut self.control.wbuf, KIND_MESSAGE, request) {
-            log::error!("encoding a request to the bridge: {error}");
-            return;
-        }
+        self.control.queue(request);
         self.flush_control();
+    }
+
+    /// Writes what waits for the bridge, as far as the socket takes it.
+    pub(crate) fn flush_requests(&mut self) {
+        if !self.control.wbuf.is_empty() {
+            self.flush_control();
+        }
     }
 
     /// A new id with a slot for an answer, for a request sent as part of another.

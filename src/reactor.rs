@@ -112,6 +112,7 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
                 );
             }
             net.flush_dirty();
+            net.flush_requests();
             wake.append(&mut net.to_wake);
         }
         next_deadline = runtime.timers.lock().fire_expired(Instant::now(), &mut wake);

@@ -58,6 +58,7 @@ pub(crate) fn with_net<R>(f: impl FnOnce(&mut Net) -> R) -> R {
     let mut net = runtime.net.lock();
     let was_dirty = net.has_dirty();
     let result = f(&mut net);
+    net.flush_requests();
     let now_dirty = net.has_dirty();
     let wake = std::mem::take(&mut net.to_wake);
     drop(net);
