@@ -31,6 +31,8 @@ pub(crate) struct Setup {
     pub(crate) stderr: OwnedFd,
     pub(crate) panic: OwnedFd,
     pub(crate) resources: Resources,
+    /// The process's cgroup, removed once it has ended.
+    pub(crate) cgroup: String,
 }
 
 struct Stream {
@@ -42,7 +44,7 @@ struct Stream {
 
 /// Runs the monitor until its process has ended and been reported; never returns.
 pub(crate) fn run(setup: Setup) -> ! {
-    let Setup { child, mut bridge, stdout, stderr, panic, resources } = setup;
+    let Setup { child, mut bridge, stdout, stderr, panic, resources, cgroup } = setup;
     let pidfd = match sys::pidfd_open(child) {
         Ok(fd) => fd,
         Err(_) => {
@@ -96,16 +98,18 @@ pub(crate) fn run(setup: Setup) -> ! {
                 Ok(0) | Err(_) => {
                     stream.open = false;
                     if stream.number != 0 {
-                        send(&mut bridge, &Report::Output { fd: stream.number, data: Vec::new() }, child);
+                        send(&mut bridge, &Report::Output { fd: stream.number, data: Vec::new() }, child, &cgroup);
                     }
                 }
                 Ok(n) if stream.number == 0 => panic_message.extend_from_slice(&buf[..n]),
-                Ok(n) => send(&mut bridge, &Report::Output { fd: stream.number, data: buf[..n].to_vec() }, child),
+                Ok(n) => {
+                    send(&mut bridge, &Report::Output { fd: stream.number, data: buf[..n].to_vec() }, child, &cgroup)
+                }
             }
         }
         if ready[3] != 0 {
             match sys::read(bridge.as_raw_fd(), &mut buf) {
-                Ok(0) | Err(_) => bridge_lost(child),
+                Ok(0) | Err(_) => bridge_lost(child, &cgroup),
                 Ok(n) => commands.extend_from_slice(&buf[..n]),
             }
             let mut pos = 0;
@@ -136,7 +140,7 @@ pub(crate) fn run(setup: Setup) -> ! {
     }
     let (status, _) = ended.expect("the loop ends only after the process has");
     let first_panic = panic_message.split(|&b| b == 0).next().filter(|m| !m.is_empty());
-    let status = exit_status(status, first_panic.map(|m| String::from_utf8_lossy(m).into_owned()), child, &resources);
+    let status = exit_status(status, first_panic.map(|m| String::from_utf8_lossy(m).into_owned()), &cgroup, &resources);
     // A process the bridge had killed or shut down is reported as such, unless it
     // panicked first.
     let status = match (imposed, status) {
@@ -144,34 +148,35 @@ pub(crate) fn run(setup: Setup) -> ! {
         (Some(imposed), _) => imposed,
         (None, status) => status,
     };
-    sys::remove_cgroups(child);
-    send(&mut bridge, &Report::Exited { status }, child);
+    send(&mut bridge, &Report::Exited { status }, child, &cgroup);
+    // After the report, so the process's end is not held up by it.
+    sys::remove_cgroups(&cgroup);
     sys::exit_now(0)
 }
 
-fn exit_status(status: WaitStatus, panic: Option<String>, child: OsPid, resources: &Resources) -> ExitStatus {
+fn exit_status(status: WaitStatus, panic: Option<String>, cgroup: &str, resources: &Resources) -> ExitStatus {
     match (status, panic) {
         (WaitStatus::Exited(0), _) => ExitStatus::Success,
         (WaitStatus::Exited(_) | WaitStatus::Signaled(_), Some(message)) => ExitStatus::Panicked(message),
         (WaitStatus::Exited(code), None) => ExitStatus::Code(code),
-        (WaitStatus::Signaled(libc::SIGKILL), None) if sys::memory_exceeded(child) => {
+        (WaitStatus::Signaled(libc::SIGKILL), None) if sys::memory_exceeded(cgroup) => {
             ExitStatus::MemoryExceeded(resources.mem)
         }
         (WaitStatus::Signaled(signal), None) => ExitStatus::Signal(signal),
     }
 }
 
-fn send(bridge: &mut UnixStream, report: &Report, child: OsPid) {
+fn send(bridge: &mut UnixStream, report: &Report, child: OsPid, cgroup: &str) {
     let mut frame = Vec::new();
     if codec::append_frame(&mut frame, KIND_MESSAGE, report).is_err() || bridge.write_all(&frame).is_err() {
-        bridge_lost(child);
+        bridge_lost(child, cgroup);
     }
 }
 
 /// Without a bridge nobody can see the process: end it, so nothing outlives its job.
-fn bridge_lost(child: OsPid) -> ! {
+fn bridge_lost(child: OsPid, cgroup: &str) -> ! {
     let _ = sys::kill(child, libc::SIGKILL);
     let _ = sys::waitpid(child, true);
-    sys::remove_cgroups(child);
+    sys::remove_cgroups(cgroup);
     sys::exit_now(1)
 }

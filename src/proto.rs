@@ -142,6 +142,9 @@ pub(crate) struct Start {
     pub(crate) token: u64,
     /// The bridge's OS pid: the monitor's parent.
     pub(crate) bridge_os_pid: i32,
+    /// The name of the process's cgroup (made by the bridge ahead of time, or by
+    /// the process if it does not exist yet).
+    pub(crate) cgroup: String,
     /// The trampoline's address relative to `spawn::base` and the closure's bytes.
     pub(crate) closure: Option<(isize, Vec<u8>)>,
 }

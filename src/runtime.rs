@@ -190,8 +190,16 @@ fn start_job(resources: Resources) {
             if sys::new_process_group().is_err() || sys::die_with_parent(libc::SIGKILL, bridge_os_pid).unwrap_or(true) {
                 sys::exit_now(1);
             }
-            let start =
-                Start { pid: top, parent: None, resources, token, bridge_os_pid: bridge_os_pid.0, closure: None };
+            let cgroup = format!("constellation-{}-{}", bridge_os_pid.0, top.incarnation());
+            let start = Start {
+                pid: top,
+                parent: None,
+                resources,
+                token,
+                bridge_os_pid: bridge_os_pid.0,
+                cgroup,
+                closure: None,
+            };
             become_process(start, monitor_end, control_end, listener, Some(stdin_read));
         }
     }
@@ -275,6 +283,7 @@ fn become_process(
                 stderr: err_read,
                 panic: panic_read,
                 resources: start.resources,
+                cgroup: start.cgroup.clone(),
             })
         }
         sys::Fork::Child => {
@@ -293,7 +302,7 @@ fn become_process(
             if sys::die_with_parent(libc::SIGKILL, monitor_os_pid).unwrap_or(true) {
                 sys::exit_now(1);
             }
-            if let Err(error) = sys::enter_limits(sys::getpid(), &start.resources) {
+            if let Err(error) = sys::enter_limits(&start.cgroup, sys::getpid().0, &start.resources) {
                 log::warn!("limiting this process's memory: {error}");
             }
             start_runtime(start, control, listener, panic_write);

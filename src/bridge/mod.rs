@@ -104,6 +104,10 @@ struct Bridge {
     stop: Option<i32>,
     /// The name registry: each name and the live process holding it.
     names: HashMap<String, Pid>,
+    /// Cgroups made ahead of need, for the next spawns (see `sys::cgroup`).
+    prepared: Vec<String>,
+    /// How many cgroups were prepared; `None` once that failed (no cgroups here).
+    cgroups_made: Option<u64>,
 }
 
 /// Runs the bridge until the job has ended; exits the process with the job's code.
@@ -156,6 +160,8 @@ impl Bridge {
             child_signals,
             stop: None,
             names: HashMap::new(),
+            prepared: Vec::new(),
+            cgroups_made: Some(0),
         };
         bridge.printer.top(setup.top);
         bridge.add_process(setup.top, setup.top_monitor, setup.resources, setup.monitor, setup.control)?;
@@ -165,6 +171,7 @@ impl Bridge {
 
     fn run(&mut self) -> i32 {
         let mut events = Events::with_capacity(256);
+        sys::sweep_stale_cgroups();
         // A SIGCHLD may have come before the handler was installed.
         self.reap();
         while self.live > 0 {
@@ -201,16 +208,51 @@ impl Bridge {
                 self.stop_job();
                 return 128 + signal;
             }
+            self.prepare_cgroups();
         }
+        self.discard_cgroups();
         self.procs.get(&self.top).and_then(|p| p.status.as_ref()).map_or(1, ExitStatus::code)
     }
 
-    /// Kills every process of the job: each monitor, and the job's process group.
+    fn cgroup_name(&self, suffix: impl std::fmt::Display) -> String {
+        format!("constellation-{}-{suffix}", sys::getpid().0)
+    }
+
+    /// Makes a few cgroups ahead of the next spawns, off their critical path.
+    fn prepare_cgroups(&mut self) {
+        const AHEAD: usize = 2;
+        while self.prepared.len() < AHEAD {
+            let Some(made) = self.cgroups_made else { return };
+            // Apart from the names processes make for themselves (their incarnations).
+            let name = self.cgroup_name(format_args!("p{made}"));
+            if !sys::prepare_cgroup(&name) {
+                self.cgroups_made = None;
+                return;
+            }
+            self.cgroups_made = Some(made + 1);
+            self.prepared.push(name);
+        }
+    }
+
+    fn discard_cgroups(&mut self) {
+        for name in self.prepared.drain(..) {
+            sys::remove_cgroups(&name);
+        }
+    }
+
+    /// Kills every process of the job (each monitor, and the job's process
+    /// group), then removes the job's cgroups once the processes have left them.
     fn stop_job(&mut self) {
         for process in self.procs.values().filter(|p| p.status.is_none()) {
             let _ = sys::kill(process.monitor_os_pid, libc::SIGKILL);
         }
         let _ = sys::kill_group(self.job_group, libc::SIGKILL);
+        self.discard_cgroups();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while sys::remove_job_cgroups(sys::getpid().0) > 0 && std::time::Instant::now() < deadline {
+            while sys::reap_any().is_some() {}
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     fn add_process(
@@ -602,8 +644,10 @@ impl Bridge {
             std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
         let (control_bridge, control_end) =
             std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
+        let cgroup = self.prepared.pop().unwrap_or_else(|| self.cgroup_name(pid.incarnation()));
         let start = Start {
             pid,
+            cgroup,
             parent: Some(parent),
             resources,
             token: self.token,

@@ -1,11 +1,15 @@
 //! Memory limits and CPU weights through cgroups (v1 or v2), with `RLIMIT_DATA` as
 //! the memory fallback where no cgroup can be made.
 //!
-//! Each process gets its own cgroup, named after its OS pid, beside the cgroup its
-//! monitor runs in. The process enters it itself, right after the monitor forks it
-//! and before it allocates; the monitor removes it after reaping the process.
+//! Each process gets its own cgroup, named by the bridge (`constellation-<bridge
+//! pid>-<n>`), beside the cgroup the bridge and the monitors run in. Making a
+//! cgroup costs the better part of a millisecond, so the bridge makes them ahead
+//! of need ([`prepare`]); the process enters its own right after its monitor
+//! forks it and before it allocates ([`enter_limits`]), and the monitor removes
+//! it after reporting the process's end ([`remove`]). A CPU weight gets a cgroup
+//! of its own only when it differs from the default one.
 
-use super::{limit_data, OsPid};
+use super::limit_data;
 use crate::Resources;
 use std::{fs, io, path::PathBuf};
 
@@ -28,63 +32,67 @@ fn own_cgroup(controller: &str) -> Option<String> {
         } else {
             controllers.split(',').any(|c| c == controller)
         };
-        matches.then(|| path.to_owned())
+        matches.then(|| path.trim_end_matches('/').to_owned())
     })
 }
 
-fn dir_for(controller: &str, pid: OsPid) -> Option<PathBuf> {
-    let name = format!("constellation-{}", pid.0);
-    if controller.is_empty() {
-        let path = own_cgroup("")?;
-        Some(PathBuf::from(format!("/sys/fs/cgroup{}", path.trim_end_matches('/'))).join(name))
-    } else {
-        let path = own_cgroup(controller)?;
-        let mount = if controller == "cpu" { "cpu" } else { controller };
-        Some(PathBuf::from(format!("/sys/fs/cgroup/{mount}{}", path.trim_end_matches('/'))).join(name))
+/// The directory holding the memory cgroups of this process's job, and whether
+/// it is cgroup v2.
+fn memory_parent() -> Option<(PathBuf, bool)> {
+    if let Some(path) = own_cgroup("memory") {
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/memory{path}"));
+        if dir.join("memory.limit_in_bytes").exists() {
+            return Some((dir, false));
+        }
     }
+    let dir = PathBuf::from(format!("/sys/fs/cgroup{}", own_cgroup("")?));
+    dir.join("memory.max").exists().then_some((dir, true))
 }
 
-fn make_and_enter(dir: &PathBuf, settings: &[(&str, String)], pid: OsPid) -> io::Result<()> {
-    fs::create_dir(dir)?;
-    let result = settings
-        .iter()
-        .try_for_each(|(file, value)| fs::write(dir.join(file), value))
-        .and_then(|()| fs::write(dir.join("cgroup.procs"), pid.0.to_string()));
-    if result.is_err() {
-        let _ = fs::remove_dir(dir);
-    }
-    result
+fn cpu_parent() -> Option<PathBuf> {
+    let dir = PathBuf::from(format!("/sys/fs/cgroup/cpu{}", own_cgroup("cpu")?));
+    dir.join("cpu.shares").exists().then_some(dir)
 }
 
-/// Puts process `pid` (the caller) under a memory limit and CPU weight of
-/// `resources`, preferring cgroups. Returns how memory is enforced.
-pub(crate) fn enter_limits(pid: OsPid, resources: &Resources) -> io::Result<MemoryLimit> {
+/// Makes the memory cgroup `name` ahead of need. Returns whether it exists now.
+pub(crate) fn prepare(name: &str) -> bool {
+    memory_parent().is_some_and(|(parent, _)| fs::create_dir(parent.join(name)).is_ok())
+}
+
+fn enter(dir: &PathBuf, settings: &[(&str, String)], pid: i32) -> io::Result<()> {
+    if !dir.exists() {
+        fs::create_dir(dir)?;
+    }
+    settings.iter().try_for_each(|(file, value)| fs::write(dir.join(file), value))?;
+    fs::write(dir.join("cgroup.procs"), pid.to_string())
+}
+
+/// Puts the calling process (`pid`) in cgroup `name` under a memory limit and a
+/// CPU weight of `resources`, preferring cgroups. Returns how memory is enforced.
+pub(crate) fn enter_limits(name: &str, pid: i32, resources: &Resources) -> io::Result<MemoryLimit> {
     let bytes = resources.mem.bytes();
-    let v1_memory =
-        dir_for("memory", pid).filter(|d| d.parent().is_some_and(|p| p.join("memory.limit_in_bytes").exists()));
-    let memory = match v1_memory {
-        Some(dir) => make_and_enter(&dir, &[("memory.limit_in_bytes", bytes.to_string())], pid).is_ok(),
-        None => match dir_for("", pid).filter(|d| d.parent().is_some_and(|p| p.join("memory.max").exists())) {
-            Some(dir) => {
-                let weight = ((resources.cpu.cores() * 100.0).round() as u64).clamp(1, 10_000);
-                make_and_enter(
-                    &dir,
-                    &[
-                        ("memory.max", bytes.to_string()),
-                        ("memory.swap.max", "0".into()),
-                        ("cpu.weight", weight.to_string()),
-                    ],
-                    pid,
-                )
-                .is_ok()
-            }
-            None => false,
-        },
+    let memory = match memory_parent() {
+        Some((parent, false)) => {
+            enter(&parent.join(name), &[("memory.limit_in_bytes", bytes.to_string())], pid).is_ok()
+        }
+        Some((parent, true)) => {
+            let weight = ((resources.cpu.cores() * 100.0).round() as u64).clamp(1, 10_000);
+            let settings = [
+                ("memory.max", bytes.to_string()),
+                ("memory.swap.max", "0".into()),
+                ("cpu.weight", weight.to_string()),
+            ];
+            enter(&parent.join(name), &settings, pid).is_ok()
+        }
+        None => false,
     };
-    // CPU as a weight in the v1 cpu controller: 1024 shares a core.
-    if let Some(dir) = dir_for("cpu", pid).filter(|d| d.parent().is_some_and(|p| p.join("cpu.shares").exists())) {
-        let shares = ((resources.cpu.cores() * 1024.0).round() as u64).max(2);
-        let _ = make_and_enter(&dir, &[("cpu.shares", shares.to_string())], pid);
+    // CPU as a weight in the v1 cpu controller (1024 shares a core), when it is
+    // not the weight every process has by default.
+    if resources.cpu != Resources::default().cpu {
+        if let Some(parent) = cpu_parent() {
+            let shares = ((resources.cpu.cores() * 1024.0).round() as u64).max(2);
+            let _ = enter(&parent.join(name), &[("cpu.shares", shares.to_string())], pid);
+        }
     }
     if memory {
         Ok(MemoryLimit::Cgroup)
@@ -94,24 +102,53 @@ pub(crate) fn enter_limits(pid: OsPid, resources: &Resources) -> io::Result<Memo
     }
 }
 
-/// Whether the memory controller killed process `pid` for exceeding its limit.
-pub(crate) fn memory_exceeded(pid: OsPid) -> bool {
-    let counters = [
-        dir_for("memory", pid).map(|d| d.join("memory.oom_control")),
-        dir_for("", pid).map(|d| d.join("memory.events")),
-    ];
-    counters.into_iter().flatten().any(|file| {
-        fs::read_to_string(file)
-            .is_ok_and(|text| text.lines().any(|line| line.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
-    })
+/// Whether the memory controller killed the process of cgroup `name` for
+/// exceeding its limit.
+pub(crate) fn memory_exceeded(name: &str) -> bool {
+    let Some((parent, v2)) = memory_parent() else { return false };
+    let file = parent.join(name).join(if v2 { "memory.events" } else { "memory.oom_control" });
+    fs::read_to_string(file)
+        .is_ok_and(|text| text.lines().any(|line| line.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
 }
 
-/// Removes the cgroups made for process `pid`, once it has been reaped.
-pub(crate) fn remove(pid: OsPid) {
-    for dir in [dir_for("memory", pid), dir_for("cpu", pid), dir_for("", pid)].into_iter().flatten() {
-        if dir.exists() {
-            // A grandchild still inside keeps it busy; the kernel then keeps it.
-            let _ = fs::remove_dir(&dir);
+/// Removes cgroup `name` once its process has been reaped.
+pub(crate) fn remove(name: &str) {
+    let memory = memory_parent().map(|(parent, _)| parent.join(name));
+    let cpu = cpu_parent().map(|parent| parent.join(name));
+    for dir in [memory, cpu].into_iter().flatten() {
+        // A grandchild still inside keeps it busy; the kernel then keeps it.
+        let _ = fs::remove_dir(&dir);
+    }
+}
+
+/// Removes the cgroups whose bridge (the pid in their name) `remove` says to;
+/// those still holding a process stay. Returns how many stay.
+fn sweep(remove: impl Fn(&str) -> bool) -> usize {
+    let mut staying = 0;
+    let parents = [memory_parent().map(|(parent, _)| parent), cpu_parent()];
+    for parent in parents.into_iter().flatten() {
+        let Ok(entries) = fs::read_dir(&parent) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("constellation-")) else { continue };
+            let bridge = rest.split('-').next().unwrap_or_default();
+            if remove(bridge) && fs::remove_dir(entry.path()).is_err() {
+                staying += 1;
+            }
         }
     }
+    staying
+}
+
+/// Removes the cgroups that jobs whose bridge has ended left behind (a bridge
+/// killed with SIGKILL cannot clean up).
+pub(crate) fn sweep_stale() {
+    sweep(|bridge| bridge.is_empty() || !PathBuf::from(format!("/proc/{bridge}")).exists());
+}
+
+/// Removes every cgroup of the job of bridge `bridge_pid` that no process holds
+/// any more; returns how many are still held.
+pub(crate) fn remove_job(bridge_pid: i32) -> usize {
+    let own = bridge_pid.to_string();
+    sweep(|bridge| bridge == own)
 }

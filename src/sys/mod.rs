@@ -8,7 +8,10 @@
 
 mod cgroup;
 
-pub(crate) use cgroup::{enter_limits, memory_exceeded, remove as remove_cgroups};
+pub(crate) use cgroup::{
+    enter_limits, memory_exceeded, prepare as prepare_cgroup, remove as remove_cgroups,
+    remove_job as remove_job_cgroups, sweep_stale as sweep_stale_cgroups,
+};
 
 use std::{
     fs, io,

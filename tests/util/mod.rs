@@ -217,6 +217,7 @@ impl Running {
             stdout,
             stderr,
             marker: self.marker.clone(),
+            bridge: self.bridge_pid(),
         };
         assert!(drained, "the job's output pipes stayed open after the bridge ended: something was left behind");
         finished
@@ -244,6 +245,31 @@ fn parse_events(stdout: &[u8]) -> Vec<Value> {
         .collect()
 }
 
+/// The cgroups named after bridge `bridge` (`constellation-<pid>-...`) beside
+/// this test's own, in the memory and cpu controllers.
+fn cgroups_of(bridge: i32) -> Vec<String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let prefix = format!("constellation-{bridge}-");
+    let mut found = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let mount = match controllers {
+            "memory" => "memory",
+            c if c.split(',').any(|c| c == "cpu") => "cpu",
+            _ => continue,
+        };
+        let dir = format!("/sys/fs/cgroup/{mount}{}", path.trim_end_matches('/'));
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                found.push(format!("{mount}/{name}"));
+            }
+        }
+    }
+    found
+}
+
 fn kill_all(marker: &str) {
     for pid in processes_with_marker(marker) {
         // SAFETY: kill takes plain integers; these processes carry this test's marker.
@@ -259,16 +285,22 @@ pub struct Finished {
     pub stderr: Vec<u8>,
     pub events: Vec<Value>,
     marker: String,
+    bridge: i32,
 }
 
 impl Finished {
-    /// Fails unless every process of the job is gone within a few seconds.
+    /// Fails unless every process of the job is gone within a few seconds, and,
+    /// when the bridge ended by itself, every cgroup it made.
     pub fn assert_nothing_left(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let left = processes_with_marker(&self.marker);
-            if left.is_empty() {
+            let cgroups = if self.code.is_some() { cgroups_of(self.bridge) } else { Vec::new() };
+            if left.is_empty() && cgroups.is_empty() {
                 return;
+            }
+            if Instant::now() > deadline && left.is_empty() {
+                panic!("cgroups left behind: {cgroups:?}");
             }
             if Instant::now() > deadline {
                 kill_all(&self.marker);
