@@ -22,6 +22,7 @@ fn small() -> Resources {
     Resources { mem: 30 * Mem::MIB, ..Resources::default() }
 }
 
+// ANCHOR: store
 fn store() {
     let requests = Mailbox::<Update>::open("requests");
     let mut values: HashMap<String, i64> = HashMap::new();
@@ -32,6 +33,7 @@ fn store() {
         Sender::<i64>::to_mailbox(from, "answers").send(*value).block();
     }
 }
+// ANCHOR_END: store
 
 /// Sends an update to whichever process is the store now, and waits for the answer.
 fn update(answers: &Mailbox<i64>, key: &str, delta: i64) -> i64 {

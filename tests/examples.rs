@@ -38,3 +38,9 @@ fn dynamic_pool() {
     assert_eq!(job.line("squares: "), "squares: [(1, 1), (2, 4), (3, 9), (4, 16), (5, 25)]");
     assert!(job.all_stdout().contains("the worker for 3 ended (panicked: worker for 3 crashed in its first life)"));
 }
+
+#[test]
+fn pipeline() {
+    let job = run("pipeline", &[]);
+    assert_eq!(job.line("sum of squares"), "sum of squares of 1..=1000 = 333833500");
+}

@@ -210,7 +210,7 @@ impl Bridge {
             }
             self.prepare_cgroups();
         }
-        self.discard_cgroups();
+        self.remove_cgroups();
         self.procs.get(&self.top).and_then(|p| p.status.as_ref()).map_or(1, ExitStatus::code)
     }
 
@@ -234,12 +234,6 @@ impl Bridge {
         }
     }
 
-    fn discard_cgroups(&mut self) {
-        for name in self.prepared.drain(..) {
-            sys::remove_cgroups(&name);
-        }
-    }
-
     /// Kills every process of the job (each monitor, and the job's process
     /// group), then removes the job's cgroups once the processes have left them.
     fn stop_job(&mut self) {
@@ -247,7 +241,16 @@ impl Bridge {
             let _ = sys::kill(process.monitor_os_pid, libc::SIGKILL);
         }
         let _ = sys::kill_group(self.job_group, libc::SIGKILL);
-        self.discard_cgroups();
+        self.remove_cgroups();
+    }
+
+    /// Removes the job's cgroups, waiting (bounded) for its processes to leave
+    /// them. Monitors remove their process's own after reporting its end, but a
+    /// monitor whose bridge has exited dies before it can.
+    fn remove_cgroups(&mut self) {
+        for name in self.prepared.drain(..) {
+            sys::remove_cgroups(&name);
+        }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while sys::remove_job_cgroups(sys::getpid().0) > 0 && std::time::Instant::now() < deadline {
             while sys::reap_any().is_some() {}
