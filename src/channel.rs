@@ -485,6 +485,7 @@ impl<T: DeserializeOwned> Drop for Receiver<T> {
             let peer = net.peer(self.pid);
             peer.has_receiver = false;
             peer.recv_waker = None;
+            net.forget_if_done(self.pid);
         });
     }
 }

@@ -12,7 +12,7 @@ use std::{io, ops::Range, os::fd::RawFd};
 const READ_CHUNK: usize = 64 * 1024;
 /// An emptied buffer up to this size is kept for reuse; larger ones are freed, so
 /// an idle connection holds little.
-const KEEP: usize = 64 * 1024;
+const KEEP: usize = 16 * 1024;
 
 /// Received bytes: complete frames, then possibly the start of the next one.
 #[derive(Debug, Default)]
@@ -66,6 +66,19 @@ impl Inbox {
     /// Whether a complete frame is waiting.
     pub(crate) fn has_frame(&self) -> bool {
         matches!(codec::next_frame(&self.buf[self.pos..]), Ok(Some(_)) | Err(_))
+    }
+
+    /// Whether any value (a `DATA` frame, of kind `data`) waits to be taken; other
+    /// frames only mark a `Sender` opened or dropped.
+    pub(crate) fn holds_values(&self, data: u8) -> bool {
+        let mut rest = &self.buf[self.pos..];
+        while let Ok(Some(frame)) = codec::next_frame(rest) {
+            if frame.kind == data {
+                return true;
+            }
+            rest = &rest[frame.len..];
+        }
+        false
     }
 
     /// Releases the space of frames already taken, once everything is taken.

@@ -293,6 +293,25 @@ impl Net {
             });
             self.mark_dirty(pid);
         }
+        self.forget_if_done(pid);
+    }
+
+    /// Drops what this process keeps about `pid` once `pid` is gone, nothing
+    /// refers to it any more and no value of it waits to be received, so a
+    /// long-lived process that talks to many short-lived ones does not grow. A later channel to `pid` starts afresh
+    /// (and learns at once that it has ended).
+    pub(crate) fn forget_if_done(&mut self, pid: Pid) {
+        let done = self.peers.get(&pid).is_some_and(|peer| {
+            peer.gone()
+                && !peer.has_sender
+                && !peer.has_receiver
+                && !peer.inbox.holds_values(FRAME_DATA)
+                && peer.sock.is_none()
+                && peer.connecting.is_none()
+        });
+        if done {
+            self.peers.remove(&pid);
+        }
     }
 
     /// Queues a value for `pid`; values for a process that is gone are dropped.
@@ -391,6 +410,16 @@ impl Net {
     pub(crate) fn peer_fd(&self, pid: Pid) -> Option<RawFd> {
         let key = self.peers.get(&pid)?.sock?;
         Some(self.sockets[key].stream.as_raw_fd())
+    }
+
+    /// Reads and drops what peers sent that nobody will receive now: a socket
+    /// closed with unread input is reset, and a reset can make the peer lose what
+    /// it had not read yet of ours.
+    pub(crate) fn discard_input(&mut self) {
+        let mut sink = [0u8; 16 * 1024];
+        for (_, socket) in self.sockets.iter_mut() {
+            while matches!(socket.stream.read(&mut sink), Ok(n) if n > 0) {}
+        }
     }
 
     /// Whether anything is still on its way out: queued frames, handshakes under
@@ -688,6 +717,7 @@ impl Net {
             self.drop_socket(key);
         }
         self.wake_peer(pid);
+        self.forget_if_done(pid);
     }
 
     fn wake_peer(&mut self, pid: Pid) {
@@ -820,11 +850,14 @@ impl Net {
         for key in waiting {
             self.read_socket(key);
         }
-        let peer = self.peer(pid);
+        // A peer already forgotten stays forgotten (looking it up would watch it
+        // again, and the bridge would answer again, forever).
+        let Some(peer) = self.peers.get_mut(&pid) else { return };
         peer.ended = true;
         if peer.gone() {
             self.wake_peer(pid);
         }
+        self.forget_if_done(pid);
     }
 
     fn bridge_lost(&mut self) {

@@ -366,6 +366,7 @@ extern "C" fn flush_at_exit() {
             net.unsent()
         };
         if unsent == 0 {
+            runtime.net.lock().discard_input();
             return;
         }
         if unsent < least {

@@ -184,11 +184,15 @@ pub(crate) fn reap_any() -> Option<(OsPid, Option<WaitStatus>)> {
     }
 }
 
-/// Bytes written to a socket that its peer has not yet acknowledged (`TIOCOUTQ`).
+/// Bytes written to a socket that the kernel has not yet sent (`SIOCOUTQNSD`).
+///
+/// Not `TIOCOUTQ`, which also counts bytes sent and not yet acknowledged: a
+/// peer that only receives acknowledges late (delayed ACK, up to 40 ms), and
+/// bytes already sent are delivered after the socket is closed.
 pub(crate) fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
     let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ writes one int.
-    cvt(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) })?;
+    // SAFETY: SIOCOUTQNSD writes one int.
+    cvt(unsafe { libc::ioctl(fd, libc::SIOCOUTQNSD, &mut queued) })?;
     Ok(queued.max(0) as usize)
 }
 

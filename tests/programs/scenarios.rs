@@ -502,6 +502,67 @@ fn main() {
             let plain = fanout(small(), vec![1u64, 2, 3], Fn!(|x: u64| x + 100)).block();
             println!("plain: {plain:?}");
         }
+        "many_alive" => {
+            let count: usize = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
+            let tiny = Resources { mem: 16 * Mem::MIB, cpu: Cpu::CORE / 64 };
+            let spawns = (0..count).map(|_| {
+                spawn(
+                    tiny,
+                    FnOnce!(|parent: Pid| {
+                        Sender::<()>::new(parent).send(()).block();
+                        let _ = Receiver::<()>::new(parent).recv().block();
+                    }),
+                )
+            });
+            let children: Vec<Pid> = join_all(spawns).block().into_iter().map(|r| r.unwrap()).collect();
+            let hellos = join_all(children.iter().map(|&c| async move {
+                let receiver = Receiver::<()>::new(c);
+                receiver.recv().await
+            }))
+            .block();
+            // Every child has said hello and waits for a word: all are alive at once.
+            println!("{} alive at once", hellos.iter().filter(|h| h.is_ok()).count());
+            for &child in &children {
+                Sender::<()>::new(child).send(()).block();
+            }
+        }
+        "sequential" => {
+            let count: usize = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
+            let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+            let parent_of = |pid: u32| -> u32 {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+                stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+            };
+            let me = std::process::id();
+            let bridge = parent_of(parent_of(me));
+            let tiny = Resources { mem: 16 * Mem::MIB, cpu: Cpu::CORE / 64 };
+            let mut before = None;
+            for i in 0..count {
+                let child =
+                    spawn(tiny, FnOnce!(|parent: Pid| Sender::<()>::new(parent).send(()).block())).block().unwrap();
+                let down = monitor(child);
+                Receiver::<()>::new(child).recv().block().unwrap();
+                down.block();
+                if i == 10 {
+                    // Measured once the first connections and buffers exist.
+                    before = Some((fds(me), fds(bridge)));
+                }
+            }
+            let (me_before, bridge_before) = before.unwrap();
+            println!("{count} spawned one after another");
+            println!("fds of this process grew by {}", fds(me).saturating_sub(me_before));
+            println!("fds of the bridge grew by {}", fds(bridge).saturating_sub(bridge_before));
+            let zombies = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|stat| {
+                    let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+                    rest.first() == Some(&"Z") && rest.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(bridge)
+                })
+                .count();
+            println!("zombies of the bridge: {zombies}");
+        }
         "demonitor_unlink" => {
             let watched =
                 spawn(small(), FnOnce!(|_parent: Pid| std::thread::sleep(Duration::from_secs(60)))).block().unwrap();

@@ -67,6 +67,7 @@ pub struct Running {
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<thread::JoinHandle<()>>,
     started: Instant,
+    deadline: Duration,
 }
 
 /// How to run a job.
@@ -74,6 +75,7 @@ pub struct Job {
     command: Command,
     format: String,
     stdin: Option<Vec<u8>>,
+    deadline: Duration,
 }
 
 impl Job {
@@ -82,12 +84,18 @@ impl Job {
         let mut command = Command::new(example(name));
         command.args(args);
         command.env_remove("RUST_BACKTRACE");
-        Job { command, format: "json".into(), stdin: None }
+        Job { command, format: "json".into(), stdin: None, deadline: DEADLINE }
     }
 
     /// Shows the human format instead of JSON lines.
     pub fn human(self) -> Job {
         self.format("human")
+    }
+
+    /// Allows the job to run for `deadline` instead of [`DEADLINE`].
+    pub fn deadline(mut self, deadline: Duration) -> Job {
+        self.deadline = deadline;
+        self
     }
 
     /// Sets `CONSTELLATION_FORMAT`.
@@ -128,7 +136,7 @@ impl Job {
             pump(child.stdout.take().expect("piped"), stdout.clone()),
             pump(child.stderr.take().expect("piped"), stderr.clone()),
         ];
-        Running { child, marker, stdout, stderr, readers, started: Instant::now() }
+        Running { child, marker, stdout, stderr, readers, started: Instant::now(), deadline: self.deadline }
     }
 
     /// Runs the job to its end.
@@ -186,14 +194,15 @@ impl Running {
             if let Some(status) = self.child.try_wait().expect("waiting for the bridge") {
                 break status;
             }
-            if self.started.elapsed() > DEADLINE {
+            if self.started.elapsed() > self.deadline {
                 kill_all(&self.marker);
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 let events = parse_events(&self.stdout.lock().unwrap());
                 let tail: Vec<String> = events.iter().rev().take(40).rev().map(describe).collect();
                 panic!(
-                    "the job ran past {DEADLINE:?}; its last events:\n{}\nstderr:\n{}",
+                    "the job ran past {:?}; its last events:\n{}\nstderr:\n{}",
+                    self.deadline,
                     tail.join("\n"),
                     String::from_utf8_lossy(&self.stderr.lock().unwrap())
                 );
