@@ -9,7 +9,7 @@ use crate::{
 use std::{io, ops::Range, os::fd::RawFd};
 
 /// Reads ask for at least this much room.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 /// An emptied buffer up to this size is kept for reuse; larger ones are freed, so
 /// an idle connection holds little.
 const KEEP: usize = 16 * 1024;
