@@ -326,6 +326,10 @@ fn main() {
             Sender::<()>::new(panicky).send(()).block();
             println!("panic: {:?}", down.block().status);
             println!("gone: {:?}", monitor(coded).block().status);
+            // A Pid no process of this job ever had.
+            let unknown: Pid =
+                serde_json::from_str(r#"{"incarnation":4000000,"ip":[127,0,0,1],"port":9}"#).expect("a Pid");
+            println!("unknown: {:?}", monitor(unknown).block().status);
             let killed =
                 spawn(small(), FnOnce!(|_parent: Pid| std::thread::sleep(Duration::from_secs(60)))).block().unwrap();
             let down = monitor(killed);
