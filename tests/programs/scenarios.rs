@@ -666,7 +666,9 @@ fn main() {
             )
             .block()
             .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while whereis("store") != Some(store) {
+                assert!(std::time::Instant::now() < deadline, "the store never registered");
                 std::thread::sleep(Duration::from_millis(10));
             }
             let workers: Vec<Pid> = (1..=3u64)
