@@ -137,7 +137,13 @@ pub fn demonitor(pid: Pid) {
     runtime::with_net(|net| net.request(&Request::Demonitor { pid }));
 }
 
-/// Links this process and `pid` (see the [module docs](self)).
+/// Links this process and `pid`.
+///
+/// When either ends with anything but success, the other is killed too (its
+/// status reads `killed by link to <pid>`), unless it called
+/// [`trap_exits(true)`](trap_exits): then it receives an [`Exit`] on [`exits`]
+/// instead, for normal ends as well. Linking to a process already gone is an
+/// immediate exit signal with [`ExitStatus::NoProc`].
 pub fn link(pid: Pid) {
     runtime::with_net(|net| net.request(&Request::Link { pid }));
 }
