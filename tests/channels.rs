@@ -73,3 +73,19 @@ fn sender_is_a_sink_and_receiver_a_stream() {
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     assert_eq!(job.line("streamed "), "streamed 100 values summing to 5050");
 }
+
+#[test]
+fn a_second_receiver_from_the_same_process_panics() {
+    let job = Job::new("scenarios", &["duplicate_receiver"]).run();
+    assert_eq!(job.code, Some(101));
+    let panic = job.exits()[&job.top()]["panic"].as_str().unwrap().to_owned();
+    assert!(panic.contains("already has a Receiver from"), "{panic}");
+}
+
+#[test]
+fn try_send_reports_a_full_buffer_and_a_gone_peer() {
+    let job = Job::new("scenarios", &["try_send"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("full after some values: "), "full after some values: true (true)");
+    assert_eq!(job.line("disconnected hands the value back: "), "disconnected hands the value back: [1]");
+}

@@ -179,6 +179,47 @@ fn main() {
             let _first = Sender::<u64>::new(child);
             let _second = Sender::<String>::new(child);
         }
+        "duplicate_receiver" => {
+            let child = spawn(small(), FnOnce!(|_parent: Pid| {})).block().unwrap();
+            let _first = Receiver::<u64>::new(child);
+            let _second = Receiver::<u64>::new(child);
+        }
+        "try_send" => {
+            let child = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    // Wait to be told to read, so the parent can fill the buffer.
+                    let _ = Receiver::<()>::new(parent).recv().block();
+                    let values = Receiver::<Vec<u8>>::new(parent);
+                    while values.recv().block().is_ok() {}
+                }),
+            )
+            .block()
+            .unwrap();
+            let sender = Sender::<Vec<u8>>::new(child);
+            let mut accepted = 0;
+            let full = loop {
+                match sender.try_send(vec![0u8; 64 * 1024]) {
+                    Ok(()) => accepted += 1,
+                    Err(error) => break error,
+                }
+                assert!(accepted < 100_000, "try_send never reported a full buffer");
+            };
+            println!("full after some values: {} ({})", matches!(full, SendError::Full(_)), accepted > 0);
+            let down = monitor(child);
+            kill(child);
+            down.block();
+            // Give the end notice time to arrive; try_send learns it without blocking.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let gone = loop {
+                match sender.try_send(vec![1]) {
+                    Err(SendError::Disconnected(value)) => break value,
+                    _ if std::time::Instant::now() > deadline => panic!("try_send never saw the peer gone"),
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            };
+            println!("disconnected hands the value back: {gone:?}");
+        }
         "sender_to_self" => {
             let _sender = Sender::<u64>::new(pid());
         }
@@ -553,6 +594,11 @@ fn main() {
                 }
             }
             let (me_before, bridge_before) = before.unwrap();
+            // The last process's connections close a moment after its end is known.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while (fds(me) > me_before || fds(bridge) > bridge_before) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             println!("{count} spawned one after another");
             println!("fds of this process grew by {}", fds(me).saturating_sub(me_before));
             println!("fds of the bridge grew by {}", fds(bridge).saturating_sub(bridge_before));
