@@ -157,7 +157,9 @@ impl<T: Serialize + DeserializeOwned + 'static> Job<T> {
     {
         let start = move |cpu_time| {
             let body = JobBody { f, cpu_time, value: PhantomData };
-            ProcessFn::new(body).spawn_monitored(resources, SpawnOptions::default())
+            let mut spawn = ProcessFn::new(body).spawn_monitored(resources, SpawnOptions::default());
+            spawn.kill_if_dropped = true;
+            spawn
         };
         Job { state: State::Ready(Box::new(start)), cpu_time }
     }

@@ -163,6 +163,9 @@ pub(crate) struct Net {
     pub(crate) mail: HashMap<String, MailQueue>,
     /// A sender waiting for the bridge connection's buffer to drain.
     pub(crate) control_waker: Option<Waker>,
+    /// Spawn requests whose process is to be killed as soon as it is started
+    /// (their future, a job's, was dropped before the answer came).
+    pub(crate) unwanted_spawns: std::collections::HashSet<u64>,
     /// Where reads land first (see `read_socket`).
     scratch: Vec<u8>,
     /// Wakers to call once the lock is released.
@@ -198,6 +201,7 @@ impl Net {
             exits_waker: None,
             mail: HashMap::new(),
             control_waker: None,
+            unwanted_spawns: std::collections::HashSet::new(),
             scratch: Vec::new(),
             to_wake: Vec::new(),
         })
@@ -423,7 +427,8 @@ impl Net {
     }
 
     /// Whether anything is still on its way out: queued frames, handshakes under
-    /// way with frames waiting, bytes the kernel has not delivered, requests.
+    /// way with frames waiting, bytes the kernel has not sent, requests, and
+    /// processes to kill once their spawn is answered.
     pub(crate) fn unsent(&self) -> usize {
         let peers: usize = self
             .peers
@@ -435,7 +440,7 @@ impl Net {
                 p.queued() + kernel
             })
             .sum();
-        let control = if self.control.lost { 0 } else { self.control.wbuf.len() };
+        let control = if self.control.lost { 0 } else { self.control.wbuf.len() + self.unwanted_spawns.len() };
         peers + control
     }
 
@@ -821,6 +826,10 @@ impl Net {
                     if let Some(slot) = self.calls.get_mut(&id) {
                         slot.reply = Some(reply);
                         self.to_wake.extend(slot.waker.take());
+                    } else if let Reply::Spawned { result: Ok(pid), .. } = reply {
+                        if self.unwanted_spawns.remove(&id) {
+                            self.request(&Request::Kill { pid });
+                        }
                     }
                 }
                 Ok(Reply::Ended { pid }) => self.on_ended(pid),

@@ -186,7 +186,7 @@ impl ProcessFn {
             arg: self.arg.clone(),
             env: Environment::current(),
         };
-        Spawn { request: Some(request), id: 0, monitor: None }
+        Spawn { request: Some(request), id: 0, monitor: None, kill_if_dropped: false }
     }
 
     /// Like [`ProcessFn::spawn`], and monitors the new process from before it can
@@ -210,6 +210,8 @@ pub struct Spawn {
     id: u64,
     /// The monitor set up with the spawn, if asked for.
     monitor: Option<u64>,
+    /// Kill the process if this future is dropped before it resolves (jobs).
+    pub(crate) kill_if_dropped: bool,
 }
 
 impl Spawn {
@@ -245,9 +247,17 @@ impl Drop for Spawn {
     fn drop(&mut self) {
         if self.id != 0 || self.monitor.is_some() {
             runtime::with_net(|net| {
-                net.calls.remove(&self.id);
+                let answer = net.calls.remove(&self.id).and_then(|slot| slot.reply);
                 if let Some(monitor) = self.monitor {
                     net.calls.remove(&monitor);
+                }
+                // A job's process is not to outlive its dropped future.
+                if self.kill_if_dropped && self.id != 0 {
+                    match answer {
+                        Some(Reply::Spawned { result: Ok(pid), .. }) => net.request(&Request::Kill { pid }),
+                        Some(_) => {}
+                        None => drop(net.unwanted_spawns.insert(self.id)),
+                    }
                 }
             });
         }

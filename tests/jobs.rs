@@ -53,3 +53,13 @@ fn the_job_examples_print_their_results() {
     assert_eq!(job.line("of 1..=1000"), "of 1..=1000, 871 takes the most Collatz steps: 178");
     assert_eq!(job.spawns().len(), 1000);
 }
+
+#[test]
+fn a_job_dropped_while_starting_does_not_outlive_it() {
+    let job = Job::new("scenarios", &["drop_starting_job"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("dropped"), "dropped");
+    let (_, sleeper) = &job.spawns()[0];
+    assert_eq!(job.exits()[sleeper]["signal"], libc::SIGKILL);
+    job.assert_nothing_left();
+}

@@ -512,6 +512,20 @@ fn main() {
             forever.abort();
             println!("aborted: {}", down.block().status);
         }
+        "drop_starting_job" => {
+            // Dropped while its spawn is still being answered: its process must
+            // not outlive it (it would keep the job running for a minute).
+            let mut sleeper = job(
+                small(),
+                FnOnce!(|| {
+                    std::thread::sleep(Duration::from_secs(60));
+                    0u64
+                }),
+            );
+            assert!(sleeper.try_get().is_none());
+            drop(sleeper);
+            println!("dropped");
+        }
         "fanout" => {
             fn now() -> u128 {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
