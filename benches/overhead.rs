@@ -32,25 +32,17 @@ fn main() {
     std::env::remove_var("RUST_BACKTRACE");
     let wanted: Vec<&str> = args[1..].iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
     let run = |name: &str| wanted.is_empty() || wanted.contains(&name);
-    let mut results = Vec::new();
-    if run("spawn") {
-        results.push(spawn_latency());
-    }
-    if run("rtt") {
-        results.push(rtt());
-    }
-    if run("stream_small") {
-        results.push(stream_small());
-    }
-    if run("stream_1mib") {
-        results.push(stream_1mib());
-    }
-    if run("fanout_1000") {
-        results.push(fanout());
-    }
-    if run("rss") {
-        results.push(rss());
-    }
+    let scenarios: [(&str, Scenario); 6] = [
+        ("spawn", spawn_latency),
+        ("rtt", rtt),
+        ("stream_small", stream_small),
+        ("stream_1mib", stream_1mib),
+        ("fanout_1000", fanout),
+        ("rss", rss),
+    ];
+    let mut results: Vec<Figure> =
+        scenarios.iter().filter(|(name, _)| run(name)).map(|(_, scenario)| scenario()).collect();
+    // `restart` is measured against this run's `spawn` figure.
     if run("restart") {
         let spawn = match results.iter().find(|r| r.name == "spawn") {
             Some(figure) => figure.ours,
@@ -73,6 +65,9 @@ fn main() {
         );
     }
 }
+
+/// A scenario: measures ours and the baseline.
+type Scenario = fn() -> Figure;
 
 struct Figure {
     name: &'static str,

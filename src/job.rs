@@ -342,8 +342,7 @@ impl<F> Fanout<F> {
                 while running.len() < concurrency {
                     let Some((index, input, attempt)) = queue.pop_front() else { break };
                     let apply = Apply { f: self.f.clone(), input: input.clone() };
-                    let mut job = Job::start(self.resources, apply, None);
-                    job.cpu_time = self.cpu_time;
+                    let job = Job::start(self.resources, apply, self.cpu_time);
                     running.push(async move { (index, input, attempt, job.await) });
                 }
                 match running.next().await {
