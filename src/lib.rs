@@ -31,6 +31,8 @@
 mod block;
 mod bridge;
 mod channel;
+#[doc(hidden)]
+pub mod cluster;
 mod codec;
 mod exit_status;
 mod inbox;

@@ -2,6 +2,11 @@
 //! to the bridge, waits for it to end, and reports how it ended (with its panic
 //! message) after a bounded drain of the output pipes. It kills the process when
 //! the bridge is lost, and ignores SIGINT: stopping a job is the bridge's decision.
+//!
+//! On a cluster it also holds its node's lease: the node daemon writes each new
+//! lease deadline to a pipe, and the monitor kills its process when the deadline
+//! passes unrenewed or the daemon is gone, so a stalled or cut-off node fences its
+//! own processes.
 
 use crate::{
     codec,
@@ -26,7 +31,11 @@ const DRAIN: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub(crate) struct Setup {
     pub(crate) child: OsPid,
+    /// The connection to the bridge: a Unix socket on one machine, TCP on a cluster.
     pub(crate) bridge: UnixStream,
+    /// On a cluster: the pipe the node daemon writes lease deadlines to, as
+    /// little-endian `u64` nanoseconds of the monotonic clock.
+    pub(crate) lease: Option<OwnedFd>,
     pub(crate) stdout: OwnedFd,
     pub(crate) stderr: OwnedFd,
     pub(crate) panic: OwnedFd,
@@ -44,7 +53,8 @@ struct Stream {
 
 /// Runs the monitor until its process has ended and been reported; never returns.
 pub(crate) fn run(setup: Setup) -> ! {
-    let Setup { child, mut bridge, stdout, stderr, panic, resources, cgroup } = setup;
+    let Setup { child, mut bridge, lease, stdout, stderr, panic, resources, cgroup } = setup;
+    let mut lease = lease.map(|fd| Lease { fd, deadline: None, partial: Vec::new() });
     let pidfd = match sys::pidfd_open(child) {
         Ok(fd) => fd,
         Err(_) => {
@@ -69,6 +79,13 @@ pub(crate) fn run(setup: Setup) -> ! {
             let _ = sys::kill(child, libc::SIGKILL);
             kill_at = None;
         }
+        if ended.is_none() && lease.as_ref().is_some_and(Lease::expired) {
+            // Fenced: the node could not renew its lease, so the master may already
+            // count this process as lost and start another in its place.
+            imposed = Some(ExitStatus::Lost);
+            let _ = sys::kill(child, libc::SIGKILL);
+            lease = None;
+        }
         let timeout = match ended {
             Some((_, at)) => {
                 let left = DRAIN.saturating_sub(at.elapsed());
@@ -77,12 +94,19 @@ pub(crate) fn run(setup: Setup) -> ! {
                 }
                 Some(left)
             }
-            None => kill_at.map(|at| at.saturating_duration_since(Instant::now())),
+            None => {
+                let lease_left = lease.as_ref().and_then(Lease::left);
+                match (kill_at.map(|at| at.saturating_duration_since(Instant::now())), lease_left) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
         };
         let mut fds: Vec<(i32, i16)> =
             streams.iter().map(|s| (if s.open { s.fd.as_raw_fd() } else { -1 }, libc::POLLIN)).collect();
         fds.push((bridge.as_raw_fd(), libc::POLLIN));
         fds.push((if ended.is_none() { pidfd.as_raw_fd() } else { -1 }, libc::POLLIN));
+        fds.push((lease.as_ref().map_or(-1, |l| l.fd.as_raw_fd()), libc::POLLIN));
         let ready = match sys::poll(&fds, timeout) {
             Ok(ready) => ready,
             Err(_) => {
@@ -132,6 +156,16 @@ pub(crate) fn run(setup: Setup) -> ! {
             }
             commands.drain(..pos);
         }
+        if ready[5] != 0 {
+            if let Some(held) = &mut lease {
+                if !held.read() && ended.is_none() {
+                    // The node daemon is gone: nothing renews the lease any more.
+                    imposed = Some(ExitStatus::Lost);
+                    let _ = sys::kill(child, libc::SIGKILL);
+                    lease = None;
+                }
+            }
+        }
         if ready[4] != 0 && ended.is_none() {
             if let Ok(Some(status)) = sys::waitpid(child, false) {
                 ended = Some((status, Instant::now()));
@@ -152,6 +186,41 @@ pub(crate) fn run(setup: Setup) -> ! {
     // After the report, so the process's end is not held up by it.
     sys::remove_cgroups(&cgroup);
     sys::exit_now(0)
+}
+
+/// The node's lease, as this monitor holds it.
+struct Lease {
+    fd: OwnedFd,
+    /// Monotonic nanoseconds; `None` until the daemon sends the first deadline.
+    deadline: Option<u64>,
+    partial: Vec<u8>,
+}
+
+impl Lease {
+    /// Reads the deadlines sent; false when the daemon has closed the pipe.
+    fn read(&mut self) -> bool {
+        let mut buf = [0u8; 512];
+        match sys::read(self.fd.as_raw_fd(), &mut buf) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.partial.extend_from_slice(&buf[..n]);
+                let whole = self.partial.len() / 8 * 8;
+                if let Some(last) = self.partial[..whole].chunks_exact(8).last() {
+                    self.deadline = Some(u64::from_le_bytes(last.try_into().expect("chunks of eight")));
+                }
+                self.partial.drain(..whole);
+                true
+            }
+        }
+    }
+
+    fn left(&self) -> Option<Duration> {
+        self.deadline.map(|deadline| Duration::from_nanos(deadline.saturating_sub(sys::monotonic_ns())))
+    }
+
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|deadline| sys::monotonic_ns() >= deadline)
+    }
 }
 
 fn exit_status(status: WaitStatus, panic: Option<String>, cgroup: &str, resources: &Resources) -> ExitStatus {

@@ -3,7 +3,7 @@
 
 use crate::{ExitStatus, Pid, RegisterError, Resources, SpawnError, SpawnOptions, SupervisorEvent};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 /// Frame kinds on a process's control connection to the bridge and on a
 /// monitor's connection to the bridge: the payload is one bincode value.
@@ -133,15 +133,20 @@ impl Environment {
 }
 
 /// Everything a process needs to start: who it is, who its parent is, the job's
-/// token, and (for a spawned process) the closure to run.
+/// token, and (for a spawned process) the closure to run. Its `Pid` is its
+/// listener's address with this incarnation.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Start {
-    pub(crate) pid: Pid,
+    pub(crate) incarnation: u64,
     pub(crate) parent: Option<Pid>,
     pub(crate) resources: Resources,
     pub(crate) token: u64,
-    /// The bridge's OS pid: the monitor's parent.
+    /// The OS pid of the monitor's parent: the bridge on one machine; 0 on a
+    /// cluster, where it is the node daemon that exec'd the process.
     pub(crate) bridge_os_pid: i32,
+    /// On a cluster, where the bridge accepts the monitor's and the process's
+    /// connections (each opened with a [`Hello`]).
+    pub(crate) bridge_addr: Option<SocketAddr>,
     /// The name of the process's cgroup (made by the bridge ahead of time, or by
     /// the process if it does not exist yet).
     pub(crate) cgroup: String,
@@ -149,8 +154,20 @@ pub(crate) struct Start {
     pub(crate) closure: Option<(isize, Vec<u8>)>,
 }
 
+/// The first frame on a connection a process opens to a remote bridge.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) token: u64,
+    pub(crate) incarnation: u64,
+    /// Where the process accepts channel connections (with `incarnation`, its `Pid`).
+    pub(crate) addr: SocketAddr,
+    /// Whether this is the monitor's connection (else the process's control one).
+    pub(crate) monitor: bool,
+}
+
 /// The environment variable naming the fds a spawned process inherits:
-/// `monitor,control,listener,start`.
+/// `monitor,control,listener,start` on one machine; `-1,-1,listener,start,lease`
+/// from a node daemon (see `crate::cluster`).
 pub(crate) const FDS_VAR: &str = "CONSTELLATION_FDS";
 /// The environment variable that selects JSON output.
 pub(crate) const FORMAT_VAR: &str = "CONSTELLATION_FORMAT";

@@ -9,7 +9,7 @@
 use crate::{
     bridge, codec, monitor,
     net::{Net, WAKER},
-    proto::{Start, FDS_VAR, FORMAT_VAR},
+    proto::{Hello, Start, FDS_VAR, FORMAT_VAR},
     reactor::{self, TimerSlot, Timers},
     spawn, sys, Pid, Resources,
 };
@@ -17,10 +17,10 @@ use mio::Poll;
 use parking_lot::Mutex;
 use std::{
     fs::File,
-    io::Read,
+    io::{Read, Write},
     net::TcpListener,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
         unix::net::UnixStream,
     },
     sync::{
@@ -125,10 +125,25 @@ pub fn init(resources: Resources) {
     if let Err(error) = sys::raise_fd_limit() {
         log::warn!("raising the open-files limit: {error}");
     }
+    if std::env::var_os(PROBE_VAR).is_some() {
+        answer_probe(resources);
+    }
     match std::env::var(FDS_VAR) {
         Ok(fds) => start_spawned(&fds),
         Err(_) => start_job(resources),
     }
+}
+
+/// Set by a cluster's bridge when it runs a binary only to learn the top
+/// process's resources: `init` prints them and exits.
+pub(crate) const PROBE_VAR: &str = "CONSTELLATION_PROBE";
+/// What the probe's answer on stdout starts with; a JSON `Resources` follows.
+pub(crate) const PROBE_ANSWER: &str = "constellation-resources ";
+
+fn answer_probe(resources: Resources) -> ! {
+    let json = serde_json::to_string(&resources).unwrap_or_default();
+    let _ = sys::write_all(1, format!("{PROBE_ANSWER}{json}\n").as_bytes());
+    sys::exit_now(0)
 }
 
 /// This process's [`Pid`].
@@ -192,15 +207,16 @@ fn start_job(resources: Resources) {
             }
             let cgroup = format!("constellation-{}-{}", bridge_os_pid.0, top.incarnation());
             let start = Start {
-                pid: top,
+                incarnation: top.incarnation(),
                 parent: None,
                 resources,
                 token,
                 bridge_os_pid: bridge_os_pid.0,
+                bridge_addr: None,
                 cgroup,
                 closure: None,
             };
-            become_process(start, monitor_end, control_end, listener, Some(stdin_read));
+            become_process(start, monitor_end, control_end, listener, Some(stdin_read), None);
         }
     }
 }
@@ -216,23 +232,26 @@ fn remove_own_variables() {
     }
 }
 
-/// Starts a process the bridge exec'd: read who it is from the inherited fds.
-fn start_spawned(fds: &str) -> ! {
+/// Starts a process the bridge (or, on a cluster, a node daemon) exec'd: read who
+/// it is from the inherited fds. The top process of a deployed job has no closure:
+/// `init` returns to its `main`.
+fn start_spawned(fds: &str) {
     std::env::remove_var(FDS_VAR);
     let fds: Vec<RawFd> = fds.split(',').filter_map(|fd| fd.parse().ok()).collect();
-    let [monitor_fd, control_fd, listener_fd, start_fd] = fds[..] else {
-        panic!("constellation: {FDS_VAR} is set but malformed; it is set by the bridge for spawned processes only")
+    let (channels, listener_fd, start_fd, lease_fd) = match fds[..] {
+        [monitor, control, listener, start] if monitor >= 0 && control >= 0 => {
+            (Some((monitor, control)), listener, start, None)
+        }
+        [-1, -1, listener, start, lease] => (None, listener, start, Some(lease)),
+        _ => panic!(
+            "constellation: {FDS_VAR} is set but malformed; it is set by the bridge for spawned processes only"
+        ),
     };
-    // SAFETY: the bridge passed these four fds to this process and nothing else owns them.
-    let (monitor_end, control_end, listener, start_file) = unsafe {
-        (
-            UnixStream::from_raw_fd(monitor_fd),
-            UnixStream::from_raw_fd(control_fd),
-            TcpListener::from_raw_fd(listener_fd),
-            File::from_raw_fd(start_fd),
-        )
+    // SAFETY: whoever exec'd this process passed these fds to it alone.
+    let (listener, start_file, lease) = unsafe {
+        (TcpListener::from_raw_fd(listener_fd), File::from_raw_fd(start_fd), lease_fd.map(|fd| OwnedFd::from_raw_fd(fd)))
     };
-    for fd in [monitor_fd, control_fd, listener_fd] {
+    for fd in [Some(listener_fd), lease_fd].into_iter().flatten() {
         if let Err(error) = sys::set_cloexec(fd) {
             fail("setting close-on-exec on an inherited fd", error);
         }
@@ -244,19 +263,55 @@ fn start_spawned(fds: &str) -> ! {
         .and_then(|_| codec::decode(&bytes).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| fail("reading the spawn arguments from the bridge", e));
     drop(start_file);
-    if sys::die_with_parent(libc::SIGKILL, sys::OsPid(start.bridge_os_pid)).unwrap_or(true) {
+    let spawner = if start.bridge_os_pid != 0 { sys::OsPid(start.bridge_os_pid) } else { sys::getppid() };
+    if sys::die_with_parent(libc::SIGKILL, spawner).unwrap_or(true) {
         sys::exit_now(1);
     }
+    let (monitor_end, control_end) = match channels {
+        Some((monitor, control)) => {
+            for fd in [monitor, control] {
+                if let Err(error) = sys::set_cloexec(fd) {
+                    fail("setting close-on-exec on an inherited fd", error);
+                }
+            }
+            // SAFETY: the bridge passed these fds to this process alone.
+            unsafe { (UnixStream::from_raw_fd(monitor), UnixStream::from_raw_fd(control)) }
+        }
+        None => connect_to_bridge(&start, &listener),
+    };
     let parent = start.parent;
     let closure = start.closure.clone();
-    become_process(start, monitor_end, control_end, listener, None);
-    let (Some(parent), Some((entry, arg))) = (parent, closure) else {
-        panic!("constellation: a spawned process was started without a closure")
+    become_process(start, monitor_end, control_end, listener, None, lease);
+    let Some((entry, arg)) = closure else {
+        // The top process of a deployed job: run main.
+        return;
     };
-    // SAFETY: the bridge exec'd this very binary (/proc/self/exe), and `entry` is the
-    // offset of a trampoline from `spawn::base` computed in that same binary.
+    let Some(parent) = parent else { panic!("constellation: a spawned process was started without a parent") };
+    // SAFETY: the bridge exec'd this very binary (/proc/self/exe, or on a cluster the
+    // same bytes by their hash), and `entry` is the offset of a trampoline from
+    // `spawn::base` computed in that same binary.
     unsafe { spawn::run_trampoline(entry, &arg, parent) };
     std::process::exit(0)
+}
+
+/// Opens the monitor's and the process's connections to a remote bridge. They are
+/// TCP streams, used through the same stream-socket type as on one machine.
+fn connect_to_bridge(start: &Start, listener: &TcpListener) -> (UnixStream, UnixStream) {
+    let Some(bridge) = start.bridge_addr else { fail("starting on a cluster", "the bridge's address is missing") };
+    let addr = listener.local_addr().unwrap_or_else(|e| fail("reading this process's port", e));
+    let connect = |monitor: bool| {
+        let stream = std::net::TcpStream::connect(bridge)
+            .unwrap_or_else(|e| fail(&format!("cannot connect to the job's bridge at {bridge}"), e));
+        let _ = stream.set_nodelay(true);
+        let hello = Hello { token: start.token, incarnation: start.incarnation, addr, monitor };
+        let mut frame = Vec::new();
+        codec::append_frame(&mut frame, crate::proto::KIND_MESSAGE, &hello)
+            .unwrap_or_else(|e| fail("encoding the greeting to the bridge", e));
+        (&stream).write_all(&frame).unwrap_or_else(|e| fail("greeting the job's bridge", e));
+        // SAFETY: the fd is moved out of the TcpStream, so it has one owner.
+        unsafe { UnixStream::from_raw_fd(stream.into_raw_fd()) }
+    };
+    (connect(true), connect(false))
 }
 
 /// Forks the monitor off; returns in the child, which then runs the user's code.
@@ -266,6 +321,7 @@ fn become_process(
     control: UnixStream,
     listener: TcpListener,
     stdin: Option<OwnedFd>,
+    lease: Option<OwnedFd>,
 ) {
     let (out_read, out_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
     let (err_read, err_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
@@ -279,6 +335,7 @@ fn become_process(
             monitor::run(monitor::Setup {
                 child,
                 bridge: monitor_end,
+                lease,
                 stdout: out_read,
                 stderr: err_read,
                 panic: panic_read,
@@ -287,7 +344,7 @@ fn become_process(
             })
         }
         sys::Fork::Child => {
-            drop((monitor_end, out_read, err_read, panic_read));
+            drop((monitor_end, out_read, err_read, panic_read, lease));
             let redirect = |from: &OwnedFd, to: RawFd| {
                 if let Err(error) = sys::dup2(from.as_raw_fd(), to) {
                     fail("redirecting the process's standard streams", error);
@@ -312,20 +369,24 @@ fn become_process(
 
 /// Sets up the runtime of the user's process and its I/O thread.
 fn start_runtime(start: Start, control: UnixStream, listener: TcpListener, panic_write: OwnedFd) {
+    let me = listener
+        .local_addr()
+        .map(|addr| Pid::new(addr, start.incarnation))
+        .unwrap_or_else(|e| fail("reading this process's port", e));
     let setup = || -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
         control.set_nonblocking(true)?;
         let poll = Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
         let net = Net::new(
-            start.pid,
+            me,
             start.token,
             poll.registry().try_clone()?,
             mio::net::TcpListener::from_std(listener),
             mio::net::UnixStream::from_std(control),
         )?;
         let runtime = Runtime {
-            me: start.pid,
+            me,
             resources: start.resources,
             net: Mutex::new(net),
             timers: Mutex::new(Timers::default()),

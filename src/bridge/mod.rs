@@ -7,12 +7,17 @@
 //! exit reports) and one per process (requests), plus a thread that forwards the
 //! bridge's stdin to the top process. SIGINT, SIGTERM and SIGHUP stop the job:
 //! every monitor is killed, and each process dies with its monitor.
+//!
+//! On a cluster (`run_deployed`) the same loop runs with the master's scheduler in
+//! place of the local one: see `remote`.
 
 mod output;
+mod remote;
 
 use crate::{
+    cluster::Deployment,
     codec,
-    proto::{Command, Environment, MailTo, Reply, Report, Request, Start, FDS_VAR, KIND_MESSAGE},
+    proto::{Command, Environment, Hello, MailTo, Reply, Report, Request, Start, FDS_VAR, KIND_MESSAGE},
     sys::{self, OsPid},
     ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
 };
@@ -51,6 +56,8 @@ pub(crate) struct Setup {
 enum Role {
     Monitor,
     Control,
+    /// A connection from a remote process that has not yet said who it is.
+    Greeting,
 }
 
 #[derive(Debug)]
@@ -64,7 +71,11 @@ struct Conn {
 
 #[derive(Debug)]
 struct Proc {
-    monitor_os_pid: OsPid,
+    /// The monitor's OS pid, when this bridge started it.
+    monitor_os_pid: Option<OsPid>,
+    /// On a cluster: how the monitor ended, as its node saw it, held until its
+    /// connection has been read to the end (its own report comes first).
+    monitor_ended: Option<ExitStatus>,
     resources: Resources,
     status: Option<ExitStatus>,
     monitor: Option<usize>,
@@ -108,6 +119,8 @@ struct Bridge {
     prepared: Vec<String>,
     /// How many cgroups were prepared; `None` once that failed (no cgroups here).
     cgroups_made: Option<u64>,
+    /// On a cluster: the master's scheduler and the port processes connect to.
+    remote: Option<remote::Remote>,
 }
 
 /// Runs the bridge until the job has ended; exits the process with the job's code.
@@ -131,8 +144,29 @@ fn signal_pipe(signal: i32) -> io::Result<UnixStream> {
     Ok(UnixStream::from_std(read))
 }
 
+/// Runs a deployed job's bridge until the job has ended; returns its exit code.
+pub(crate) fn run_deployed(deployment: Deployment) -> i32 {
+    match Bridge::new_deployed(deployment) {
+        Ok(mut bridge) => bridge.run(),
+        Err(error) => {
+            let _ = sys::write_all(2, format!("constellation: the bridge could not start: {error}\n").as_bytes());
+            1
+        }
+    }
+}
+
 impl Bridge {
     fn new(setup: Setup) -> io::Result<Bridge> {
+        let mut bridge = Bridge::empty(setup.token, setup.top, setup.top_monitor, setup.json)?;
+        bridge.printer.top(setup.top);
+        bridge.add_process(setup.top, Some(setup.top_monitor), setup.resources)?;
+        bridge.attach(setup.top, setup.monitor, Role::Monitor)?;
+        bridge.attach(setup.top, setup.control, Role::Control)?;
+        forward_stdin(setup.stdin);
+        Ok(bridge)
+    }
+
+    fn empty(token: u64, top: Pid, job_group: OsPid, json: bool) -> io::Result<Bridge> {
         let poll = Poll::new()?;
         let mut stop_signals = Vec::new();
         for (index, signal) in STOP_SIGNALS.into_iter().enumerate() {
@@ -142,17 +176,17 @@ impl Bridge {
         }
         let mut child_signals = signal_pipe(libc::SIGCHLD)?;
         poll.registry().register(&mut child_signals, SIGNAL_CHILD, Interest::READABLE)?;
-        let mut bridge = Bridge {
+        Ok(Bridge {
             poll,
             conns: Slab::new(),
             procs: HashMap::new(),
             by_os_pid: HashMap::new(),
             live: 0,
             next_incarnation: 2,
-            token: setup.token,
-            top: setup.top,
-            job_group: setup.top_monitor,
-            printer: Printer::new(setup.json),
+            token,
+            top,
+            job_group,
+            printer: Printer::new(json),
             reserved: 0,
             physical: sys::physical_memory(),
             warned: false,
@@ -162,11 +196,8 @@ impl Bridge {
             names: HashMap::new(),
             prepared: Vec::new(),
             cgroups_made: Some(0),
-        };
-        bridge.printer.top(setup.top);
-        bridge.add_process(setup.top, setup.top_monitor, setup.resources, setup.monitor, setup.control)?;
-        forward_stdin(setup.stdin);
-        Ok(bridge)
+            remote: None,
+        })
     }
 
     fn run(&mut self) -> i32 {
@@ -174,7 +205,7 @@ impl Bridge {
         sys::sweep_stale_cgroups();
         // A SIGCHLD may have come before the handler was installed.
         self.reap();
-        while self.live > 0 {
+        while self.live > 0 || self.remote.as_ref().is_some_and(remote::Remote::placing) {
             if let Err(error) = self.poll.poll(&mut events, None) {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -194,6 +225,8 @@ impl Bridge {
                         drain_signals(&mut self.child_signals);
                         self.reap();
                     }
+                    remote::SCHEDULER => self.on_scheduler_event(event),
+                    remote::LISTENER => self.accept_processes(),
                     Token(key) => {
                         if event.is_writable() {
                             self.flush(key);
@@ -208,7 +241,9 @@ impl Bridge {
                 self.stop_job();
                 return 128 + signal;
             }
-            self.prepare_cgroups();
+            if self.remote.is_none() {
+                self.prepare_cgroups();
+            }
         }
         self.remove_cgroups();
         self.procs.get(&self.top).and_then(|p| p.status.as_ref()).map_or(1, ExitStatus::code)
@@ -238,7 +273,18 @@ impl Bridge {
     /// group), then removes the job's cgroups once the processes have left them.
     fn stop_job(&mut self) {
         for process in self.procs.values().filter(|p| p.status.is_none()) {
-            let _ = sys::kill(process.monitor_os_pid, libc::SIGKILL);
+            if let Some(monitor) = process.monitor_os_pid {
+                let _ = sys::kill(monitor, libc::SIGKILL);
+            }
+        }
+        if self.remote.is_some() {
+            // The master kills the job's processes once this bridge is gone; tell
+            // the monitors that can still be reached at once.
+            let alive: Vec<Pid> = self.procs.iter().filter(|(_, p)| p.status.is_none()).map(|(&pid, _)| pid).collect();
+            for pid in alive {
+                self.command(pid, &Command::Kill { status: ExitStatus::Signal(libc::SIGKILL) });
+            }
+            return;
         }
         let _ = sys::kill_group(self.job_group, libc::SIGKILL);
         self.remove_cgroups();
@@ -258,24 +304,17 @@ impl Bridge {
         }
     }
 
-    fn add_process(
-        &mut self,
-        pid: Pid,
-        monitor_os_pid: OsPid,
-        resources: Resources,
-        monitor: std::os::unix::net::UnixStream,
-        control: std::os::unix::net::UnixStream,
-    ) -> io::Result<()> {
-        let monitor = self.add_conn(monitor, pid, Role::Monitor)?;
-        let control = self.add_conn(control, pid, Role::Control)?;
+    /// Counts a new process of the job; its connections are attached separately.
+    fn add_process(&mut self, pid: Pid, monitor_os_pid: Option<OsPid>, resources: Resources) -> io::Result<()> {
         self.procs.insert(
             pid,
             Proc {
                 monitor_os_pid,
+                monitor_ended: None,
                 resources,
                 status: None,
-                monitor: Some(monitor),
-                control: Some(control),
+                monitor: None,
+                control: None,
                 watchers: Vec::new(),
                 links: Vec::new(),
                 traps_exits: false,
@@ -285,9 +324,24 @@ impl Bridge {
                 announced: false,
             },
         );
-        self.by_os_pid.insert(monitor_os_pid.0, pid);
+        if let Some(os_pid) = monitor_os_pid {
+            self.by_os_pid.insert(os_pid.0, pid);
+        }
         self.live += 1;
         self.reserved += resources.mem.bytes();
+        Ok(())
+    }
+
+    /// Watches `stream` as the monitor's or the control connection of `pid`.
+    fn attach(&mut self, pid: Pid, stream: std::os::unix::net::UnixStream, role: Role) -> io::Result<()> {
+        let key = self.add_conn(stream, pid, role)?;
+        if let Some(process) = self.procs.get_mut(&pid) {
+            match role {
+                Role::Monitor => process.monitor = Some(key),
+                Role::Control => process.control = Some(key),
+                Role::Greeting => {}
+            }
+        }
         Ok(())
     }
 
@@ -307,11 +361,18 @@ impl Bridge {
         }
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        if let Some(process) = self.procs.get_mut(&conn.pid) {
-            match conn.role {
-                Role::Monitor => process.monitor = None,
-                Role::Control => process.control = None,
+        let Some(process) = self.procs.get_mut(&conn.pid) else { return };
+        match conn.role {
+            Role::Monitor if process.monitor == Some(key) => {
+                process.monitor = None;
+                // On a cluster, the node may have said how the monitor ended
+                // before its last report was read.
+                if let Some(status) = process.monitor_ended.take() {
+                    self.on_exit(conn.pid, status);
+                }
             }
+            Role::Control if process.control == Some(key) => process.control = None,
+            _ => {}
         }
     }
 
@@ -364,6 +425,14 @@ impl Bridge {
                 Role::Control => match codec::decode::<Request>(payload) {
                     Ok(request) => self.on_request(pid, key, request),
                     Err(error) => self.printer.warning(&format!("a corrupt request from {pid}: {error}")),
+                },
+                Role::Greeting => match codec::decode::<Hello>(payload) {
+                    Ok(hello) if hello.token == self.token => self.on_hello(key, hello),
+                    // Not of this job: drop it without a word.
+                    _ => {
+                        closed = true;
+                        break;
+                    }
                 },
             }
         }
@@ -436,6 +505,9 @@ impl Bridge {
 
     fn on_request(&mut self, from: Pid, key: usize, request: Request) {
         match request {
+            Request::Spawn { id, resources, options, monitor, entry, arg, env } if self.remote.is_some() => {
+                self.spawn_remote(from, id, resources, options, monitor, entry, arg, env)
+            }
             Request::Spawn { id, resources, options, monitor, entry, arg, env } => {
                 let result = self.spawn(from, resources, &options, entry, arg, &env);
                 if let (Ok(child), Some(monitor)) = (&result, monitor) {
@@ -552,6 +624,9 @@ impl Bridge {
             self.command(child, &Command::Kill { status: ExitStatus::KilledBy(pid) });
         }
         self.announce(pid);
+        if self.remote.is_some() {
+            self.check_starved();
+        }
     }
 
     /// Tells whoever watches, monitors or is linked to `pid` that it has ended,
@@ -619,11 +694,7 @@ impl Bridge {
         arg: Vec<u8>,
         env: &Environment,
     ) -> Result<Pid, SpawnError> {
-        if let Some(name) = &options.register {
-            if let Some(&holder) = self.names.get(name).filter(|&&h| self.alive(h)) {
-                return Err(SpawnError::Failed(format!("the name {name:?} is already registered by {holder}")));
-            }
-        }
+        self.check_name(options)?;
         let wanted = self.reserved + resources.mem.bytes();
         if wanted > self.physical {
             if options.try_only {
@@ -649,12 +720,13 @@ impl Bridge {
             std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
         let cgroup = self.prepared.pop().unwrap_or_else(|| self.cgroup_name(pid.incarnation()));
         let start = Start {
-            pid,
+            incarnation: pid.incarnation(),
             cgroup,
             parent: Some(parent),
             resources,
             token: self.token,
             bridge_os_pid: sys::getpid().0,
+            bridge_addr: None,
             closure: Some((entry, arg)),
         };
         let start = codec::encode(&start).map_err(|e| SpawnError::Failed(e.to_string()))?;
@@ -688,12 +760,22 @@ impl Bridge {
         let child = command.spawn().map_err(|e| failed("cannot start the process", e))?;
         drop((monitor_end, control_end, listener, start));
         let monitor_os_pid = OsPid(child.id() as i32);
-        if let Err(error) = self.add_process(pid, monitor_os_pid, resources, monitor_bridge, control_bridge) {
+        let added = self.add_process(pid, Some(monitor_os_pid), resources).and_then(|()| {
+            self.attach(pid, monitor_bridge, Role::Monitor)?;
+            self.attach(pid, control_bridge, Role::Control)
+        });
+        if let Err(error) = added {
             let _ = sys::kill(monitor_os_pid, libc::SIGKILL);
             return Err(failed("watching the new process", error));
         }
         self.printer.spawned(parent, pid);
         // All before the new process can end: its exit report is read after this.
+        self.apply_options(parent, pid, options);
+        Ok(pid)
+    }
+
+    /// Links, binds and registers a new process as its spawn asked.
+    fn apply_options(&mut self, parent: Pid, pid: Pid, options: &SpawnOptions) {
         if options.link {
             self.link(parent, pid);
         }
@@ -706,7 +788,16 @@ impl Bridge {
         if let Some(name) = &options.register {
             self.names.insert(name.clone(), pid);
         }
-        Ok(pid)
+    }
+
+    /// Refuses a spawn that would register a name another live process holds.
+    fn check_name(&self, options: &SpawnOptions) -> Result<(), SpawnError> {
+        if let Some(name) = &options.register {
+            if let Some(&holder) = self.names.get(name).filter(|&&h| self.alive(h)) {
+                return Err(SpawnError::Failed(format!("the name {name:?} is already registered by {holder}")));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -63,6 +63,20 @@ pub(crate) fn getpid() -> OsPid {
     OsPid(unsafe { libc::getpid() })
 }
 
+/// This process's parent's id.
+pub(crate) fn getppid() -> OsPid {
+    // SAFETY: getppid cannot fail.
+    OsPid(unsafe { libc::getppid() })
+}
+
+/// Nanoseconds on the machine-wide monotonic clock (the same in every process).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: now is a valid timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
 /// A pipe, both ends close-on-exec: (read, write).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -345,7 +359,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// A listening socket on an ephemeral loopback port, close-on-exec.
 pub(crate) fn bind_loopback() -> io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    bind_ephemeral(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// A listening socket on an ephemeral port of `ip`, close-on-exec, with a long
+/// backlog.
+pub(crate) fn bind_ephemeral(ip: std::net::IpAddr) -> io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind((ip, 0))?;
     // SAFETY: listen on a listening socket only changes its backlog.
     cvt(unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) })?;
     Ok(listener)

@@ -1,0 +1,385 @@
+//! The bridge of a deployed job: spawns go to the master's scheduler, and each
+//! process, started on some node, connects back to this bridge twice (its monitor
+//! and itself), opening each connection with a `Hello` that carries the job's token.
+//!
+//! A process is admitted (given its `Pid`, answered to its parent, shown) by
+//! whichever comes first: the scheduler's `Placed` or the process's `Hello`. Its end
+//! is its monitor's report as on one machine; when the monitor could not report,
+//! the scheduler says how it ended, or that its node was lost.
+
+use super::{Bridge, Role};
+use crate::{
+    cluster::{Deployment, FromScheduler, ProcessImage, ToScheduler},
+    codec,
+    proto::{Environment, Hello, Reply, Start, KIND_MESSAGE},
+    sys,
+    ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
+};
+use mio::{
+    event::Event,
+    net::{TcpListener, UnixStream},
+    Interest, Token,
+};
+use std::{
+    collections::{HashMap, HashSet},
+    io::{self, Read, Write},
+    net::SocketAddr,
+    os::fd::{FromRawFd, IntoRawFd},
+};
+
+/// The token of the connection to the master's scheduler.
+pub(super) const SCHEDULER: Token = Token(usize::MAX - 10);
+/// The token of the port remote processes connect to.
+pub(super) const LISTENER: Token = Token(usize::MAX - 11);
+
+/// A spawn the scheduler has not answered yet.
+#[derive(Debug)]
+struct Pending {
+    /// The spawning process (`None` for the top process).
+    parent: Option<Pid>,
+    /// The id of the parent's `Request::Spawn`.
+    request: u64,
+    monitor: Option<u64>,
+    options: SpawnOptions,
+    resources: Resources,
+    /// Whether it waits for room.
+    queued: bool,
+}
+
+/// What a deployed bridge has beyond a local one.
+#[derive(Debug)]
+pub(super) struct Remote {
+    scheduler: UnixStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    /// Spawns not yet admitted, by incarnation.
+    pending: HashMap<u64, Pending>,
+    /// Admitted processes, by incarnation.
+    admitted: HashMap<u64, Pid>,
+}
+
+impl Remote {
+    /// Whether a spawn is still being placed (the job has not ended while one is).
+    pub(super) fn placing(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+impl Bridge {
+    pub(super) fn new_deployed(deployment: Deployment) -> io::Result<Bridge> {
+        let Deployment { scheduler, bind, json, args, vars, resources } = deployment;
+        let listener = sys::bind_ephemeral(bind)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let mut listener = TcpListener::from_std(listener);
+        scheduler.set_nonblocking(true)?;
+        let mut scheduler = UnixStream::from_std(scheduler);
+        // The top process's Pid is known once it is placed; until then this one
+        // stands in (it names nothing).
+        let placeholder = Pid::new(addr, 0);
+        let mut bridge = Bridge::empty(sys::random_u64(), placeholder, sys::getpid(), json)?;
+        bridge.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        bridge.poll.registry().register(&mut scheduler, SCHEDULER, Interest::READABLE | Interest::WRITABLE)?;
+        let environment = Environment { args, vars, cwd: Vec::new() };
+        bridge.remote = Some(Remote {
+            scheduler,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            listener,
+            addr,
+            pending: HashMap::new(),
+            admitted: HashMap::new(),
+        });
+        bridge.next_incarnation = 1;
+        let options = SpawnOptions::default();
+        bridge.place(None, 0, resources, options, None, None, environment);
+        Ok(bridge)
+    }
+
+    /// Asks the scheduler to start a process for `parent`'s spawn request `id`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn_remote(
+        &mut self,
+        parent: Pid,
+        id: u64,
+        resources: Resources,
+        options: SpawnOptions,
+        monitor: Option<u64>,
+        entry: isize,
+        arg: Vec<u8>,
+        env: Environment,
+    ) {
+        if let Err(error) = self.check_name(&options) {
+            self.answer_spawn(parent, id, Err(error));
+            return;
+        }
+        // A deployed process works in its node's scratch directory, not its parent's.
+        let env = Environment { cwd: Vec::new(), ..env };
+        self.place(Some(parent), id, resources, options, monitor, Some((entry, arg)), env);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &mut self,
+        parent: Option<Pid>,
+        request: u64,
+        resources: Resources,
+        options: SpawnOptions,
+        monitor: Option<u64>,
+        closure: Option<(isize, Vec<u8>)>,
+        env: Environment,
+    ) {
+        let Some(remote) = &self.remote else { return };
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        let cgroup = self.cgroup_name(incarnation);
+        let start = Start {
+            incarnation,
+            parent,
+            resources,
+            token: self.token,
+            bridge_os_pid: 0,
+            bridge_addr: Some(remote.addr),
+            cgroup: cgroup.clone(),
+            closure,
+        };
+        let start = match codec::encode(&start) {
+            Ok(start) => start,
+            Err(error) => return self.refuse(parent, request, SpawnError::Failed(error.to_string())),
+        };
+        let vars = env.vars.into_iter().filter(|(key, _)| !key.starts_with(b"CONSTELLATION_") || key == b"CONSTELLATION_LOG");
+        let image = ProcessImage { start, args: env.args, vars: vars.collect(), cgroup };
+        let queue = !options.try_only;
+        let pending = Pending { parent, request, monitor, options, resources, queued: false };
+        if let Some(remote) = &mut self.remote {
+            remote.pending.insert(incarnation, pending);
+        }
+        self.to_scheduler(&ToScheduler::Place { id: incarnation, resources, queue, image });
+    }
+
+    fn to_scheduler(&mut self, message: &ToScheduler) {
+        let Some(remote) = &mut self.remote else { return };
+        if let Err(error) = codec::append_frame(&mut remote.wbuf, KIND_MESSAGE, message) {
+            self.printer.warning(&format!("encoding a message to the scheduler: {error}"));
+            return;
+        }
+        self.flush_scheduler();
+    }
+
+    fn flush_scheduler(&mut self) {
+        let Some(remote) = &mut self.remote else { return };
+        while !remote.wbuf.is_empty() {
+            match remote.scheduler.write(&remote.wbuf) {
+                Ok(n) => drop(remote.wbuf.drain(..n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.scheduler_lost(),
+            }
+        }
+    }
+
+    pub(super) fn on_scheduler_event(&mut self, event: &Event) {
+        if event.is_writable() {
+            self.flush_scheduler();
+        }
+        if !(event.is_readable() || event.is_read_closed() || event.is_error()) {
+            return;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let mut closed = false;
+        let Some(remote) = &mut self.remote else { return };
+        loop {
+            match remote.scheduler.read(&mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => remote.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let mut messages = Vec::new();
+        let mut pos = 0;
+        while let Ok(Some(frame)) = codec::next_frame(&remote.rbuf[pos..]) {
+            match codec::decode::<FromScheduler>(&remote.rbuf[pos..][frame.payload]) {
+                Ok(message) => messages.push(message),
+                Err(_) => closed = true,
+            }
+            pos += frame.len;
+        }
+        remote.rbuf.drain(..pos);
+        for message in messages {
+            self.on_scheduler_message(message);
+        }
+        if closed {
+            self.scheduler_lost();
+        }
+    }
+
+    /// Without the master nothing can be started or watched: stop the job.
+    fn scheduler_lost(&mut self) {
+        if self.stop.is_none() {
+            self.printer.warning("the connection to the cluster's master was lost; stopping the job");
+            self.stop = Some(libc::SIGTERM);
+        }
+    }
+
+    fn on_scheduler_message(&mut self, message: FromScheduler) {
+        match message {
+            FromScheduler::Placed { id, addr } => self.admit(id, addr),
+            FromScheduler::Queued { id } => {
+                if let Some(pending) = self.remote.as_mut().and_then(|r| r.pending.get_mut(&id)) {
+                    pending.queued = true;
+                }
+                self.check_starved();
+            }
+            FromScheduler::Refused { id, error } => {
+                if let Some(pending) = self.remote.as_mut().and_then(|r| r.pending.remove(&id)) {
+                    self.refuse(pending.parent, pending.request, error);
+                }
+            }
+            FromScheduler::Ended { id, signal, lost } => self.on_monitor_ended(id, signal, lost),
+        }
+    }
+
+    /// The scheduler says the monitor of process `id` has ended.
+    fn on_monitor_ended(&mut self, id: u64, signal: Option<i32>, lost: bool) {
+        let Some(remote) = &mut self.remote else { return };
+        if let Some(pending) = remote.pending.remove(&id) {
+            let error = if lost {
+                SpawnError::Failed("its node was lost while it started".into())
+            } else {
+                SpawnError::Failed("it ended before it could reach the job's bridge".into())
+            };
+            return self.refuse(pending.parent, pending.request, error);
+        }
+        let Some(&pid) = remote.admitted.get(&id) else { return };
+        let Some(process) = self.procs.get_mut(&pid) else { return };
+        if lost {
+            if let Some(key) = process.monitor {
+                self.close_conn(key);
+            }
+            self.on_exit(pid, ExitStatus::Lost);
+            return;
+        }
+        let status = ExitStatus::Signal(signal.unwrap_or(libc::SIGKILL));
+        match process.monitor {
+            // Its own report, if it sent one, is still to be read.
+            Some(_) => process.monitor_ended = Some(status),
+            None => self.on_exit(pid, status),
+        }
+    }
+
+    /// Tells the spawner of a process that could not be started.
+    fn refuse(&mut self, parent: Option<Pid>, request: u64, error: SpawnError) {
+        match parent {
+            Some(parent) => self.answer_spawn(parent, request, Err(error)),
+            None => {
+                // With nothing placed, the job ends here with exit code 1.
+                self.printer.warning(&format!("the job's top process could not be started: {error}"));
+            }
+        }
+    }
+
+    fn answer_spawn(&mut self, parent: Pid, id: u64, result: Result<Pid, SpawnError>) {
+        self.tell(parent, &Reply::Spawned { id, result });
+    }
+
+    /// Process `incarnation`, listening at `addr`, has started: give it its Pid.
+    fn admit(&mut self, incarnation: u64, addr: SocketAddr) {
+        let Some(remote) = &mut self.remote else { return };
+        let Some(pending) = remote.pending.remove(&incarnation) else { return };
+        let pid = Pid::new(addr, incarnation);
+        remote.admitted.insert(incarnation, pid);
+        if self.add_process(pid, None, pending.resources).is_err() {
+            return;
+        }
+        match pending.parent {
+            None => {
+                self.top = pid;
+                self.printer.top(pid);
+            }
+            Some(parent) => {
+                self.printer.spawned(parent, pid);
+                self.apply_options(parent, pid, &pending.options);
+                if let (Some(id), Some(process)) = (pending.monitor, self.procs.get_mut(&pid)) {
+                    process.monitors.push((parent, id));
+                }
+                self.answer_spawn(parent, pending.request, Ok(pid));
+            }
+        }
+    }
+
+    /// Accepts the connections of remote processes; each must greet first.
+    pub(super) fn accept_processes(&mut self) {
+        loop {
+            let Some(remote) = &self.remote else { return };
+            let stream = match remote.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    self.printer.warning(&format!("accepting a process's connection: {error}"));
+                    return;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            // SAFETY: the fd is moved out of the TcpStream, so it has one owner. The
+            // bridge uses stream sockets only through read, write and shutdown.
+            let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(stream.into_raw_fd()) };
+            let top = self.top;
+            if let Err(error) = self.add_conn(stream, top, Role::Greeting) {
+                self.printer.warning(&format!("watching a process's connection: {error}"));
+            }
+        }
+    }
+
+    /// A remote process (or its monitor) has said who it is.
+    pub(super) fn on_hello(&mut self, key: usize, hello: Hello) {
+        let Some(remote) = &self.remote else { return };
+        if remote.pending.contains_key(&hello.incarnation) {
+            self.admit(hello.incarnation, hello.addr);
+        }
+        let Some(remote) = &self.remote else { return };
+        let pid = remote.admitted.get(&hello.incarnation).copied();
+        let Some(process) = pid.and_then(|pid| self.procs.get_mut(&pid)).filter(|p| p.status.is_none()) else {
+            // A process this job no longer waits for.
+            if let Some(conn) = self.conns.get_mut(key) {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            }
+            return;
+        };
+        let pid = pid.expect("found above");
+        let role = if hello.monitor { Role::Monitor } else { Role::Control };
+        match role {
+            Role::Monitor => process.monitor = Some(key),
+            _ => process.control = Some(key),
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.pid = pid;
+            conn.role = role;
+        }
+    }
+
+    /// A job whose every live process waits for room would wait forever: its
+    /// queued spawns are answered `NoCapacity` instead.
+    pub(super) fn check_starved(&mut self) {
+        let Some(remote) = &self.remote else { return };
+        let waiting: HashSet<Pid> = remote.pending.values().filter(|p| p.queued).filter_map(|p| p.parent).collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let starved = self.procs.iter().filter(|(_, p)| p.status.is_none()).all(|(pid, _)| waiting.contains(pid));
+        if starved {
+            let ids = remote.pending.iter().filter(|(_, p)| p.queued).map(|(&id, _)| id).collect();
+            self.to_scheduler(&ToScheduler::Withdraw { ids });
+        }
+    }
+}

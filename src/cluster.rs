@@ -1,0 +1,159 @@
+//! What the cluster daemons (crate `constellation-fabric`) need from the core: the
+//! messages between a deployed job's bridge and the master's scheduler, how a
+//! node daemon starts a process of this binary, and the probe that learns a
+//! binary's top-level `Resources`.
+//!
+//! Not part of the user-facing API: it changes with the daemons.
+
+use crate::{bridge, proto::FDS_VAR, runtime, sys, Resources, SpawnError};
+use serde::{Deserialize, Serialize};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    os::{fd::RawFd, unix::net::UnixStream},
+};
+
+
+
+/// What a job's bridge asks of the master's scheduler.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToScheduler {
+    /// Start a process somewhere with room for `resources`. If nothing has room
+    /// now: refuse with `NoCapacity` unless `queue`, else answer `Queued` and
+    /// place it when something frees. `id` names the process in the answers.
+    Place { id: u64, resources: Resources, queue: bool, image: ProcessImage },
+    /// Give up these queued placements: answer each with `NoCapacity`.
+    Withdraw { ids: Vec<u64> },
+}
+
+/// How a node starts one process: this job's binary with these arguments,
+/// environment variables and start record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessImage {
+    /// The encoded start record, handed to the process in a memfd.
+    pub start: Vec<u8>,
+    /// `argv`, starting with the program's name.
+    pub args: Vec<Vec<u8>>,
+    /// The environment, as (name, value) pairs.
+    pub vars: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The process's cgroup, which the node removes once the process has gone.
+    pub cgroup: String,
+}
+
+/// What the master's scheduler tells a job's bridge.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromScheduler {
+    /// Process `id` was started; it accepts channel connections at `addr`.
+    Placed { id: u64, addr: SocketAddr },
+    /// Nothing has room for process `id` now; it waits for room.
+    Queued { id: u64 },
+    /// Process `id` could not be started.
+    Refused { id: u64, error: SpawnError },
+    /// The monitor of process `id` has ended (killed by `signal`, if one), or
+    /// its node was lost (`lost`), in which case the process is gone too.
+    Ended { id: u64, signal: Option<i32>, lost: bool },
+}
+
+/// What a deployed job's bridge is given.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The connection to the master's scheduler (frames of `ToScheduler` out,
+    /// `FromScheduler` in).
+    pub scheduler: UnixStream,
+    /// The address the bridge accepts its processes' connections on (port 0 for
+    /// any); nodes must be able to reach it.
+    pub bind: IpAddr,
+    /// JSON lines instead of the human format.
+    pub json: bool,
+    /// `argv` of the top process, starting with the program's name.
+    pub args: Vec<Vec<u8>>,
+    /// The environment of the top process.
+    pub vars: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The top process's resources, as its `init` asks for them.
+    pub resources: Resources,
+}
+
+/// Runs a deployed job's bridge until the job has ended, printing its output on
+/// fds 1 and 2; returns the top process's exit code.
+pub fn run_bridge(deployment: Deployment) -> i32 {
+    bridge::run_deployed(deployment)
+}
+
+/// Appends one frame holding `value` to `buf` (the format of every connection).
+pub fn append_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> io::Result<()> {
+    crate::codec::append_frame(buf, crate::proto::KIND_MESSAGE, value)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// The value in the first whole frame of `buf` and the frame's length, or `None`
+/// if no frame is complete yet.
+pub fn next_frame<T: serde::de::DeserializeOwned>(buf: &[u8]) -> io::Result<Option<(T, usize)>> {
+    let invalid = |e: crate::codec::CodecError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    match crate::codec::next_frame(buf).map_err(invalid)? {
+        None => Ok(None),
+        Some(frame) => Ok(Some((crate::codec::decode(&buf[frame.payload]).map_err(invalid)?, frame.len))),
+    }
+}
+
+/// Encodes a value on its own.
+pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    crate::codec::encode(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Decodes a value encoded by [`encode`].
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    crate::codec::decode(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// The environment variable (name, value) that makes a binary started by a node
+/// daemon run as a process of a deployed job, given the fds it inherits: its
+/// channel listener, its start record and the lease pipe.
+pub fn spawned_fds_var(listener: RawFd, start: RawFd, lease: RawFd) -> (&'static str, String) {
+    (FDS_VAR, format!("-1,-1,{listener},{start},{lease}"))
+}
+
+/// The environment variable that makes a binary print the `Resources` its
+/// `init` asks for, and exit.
+pub const PROBE_VAR: &str = runtime::PROBE_VAR;
+
+/// The `Resources` in a probed binary's stdout, if its `init` answered.
+pub fn parse_probe_answer(stdout: &[u8]) -> Option<Resources> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().find_map(|line| line.strip_prefix(runtime::PROBE_ANSWER))?;
+    serde_json::from_str(line).ok()
+}
+
+/// A listening socket on an ephemeral port of `ip`, with a long backlog.
+pub fn bind_ephemeral(ip: IpAddr) -> io::Result<std::net::TcpListener> {
+    sys::bind_ephemeral(ip)
+}
+
+/// A memfd holding `bytes`, for a process to read its start record from.
+pub fn memfd_with(bytes: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
+    sys::memfd_with(bytes)
+}
+
+/// Makes `fd` inheritable across exec (for fds made for one child alone).
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    sys::clear_cloexec(fd)
+}
+
+/// Removes a process's cgroup (and any below it), if it exists.
+pub fn remove_cgroup(name: &str) {
+    sys::remove_cgroups(name);
+}
+
+/// Nanoseconds on the machine-wide monotonic clock, the clock of lease deadlines.
+pub fn monotonic_ns() -> u64 {
+    sys::monotonic_ns()
+}
+
+/// The machine's physical memory in bytes.
+pub fn physical_memory() -> u64 {
+    sys::physical_memory()
+}
+
+/// Eight random bytes from the kernel.
+pub fn random_u64() -> u64 {
+    sys::random_u64()
+}
