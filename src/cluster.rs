@@ -13,8 +13,6 @@ use std::{
     os::{fd::RawFd, unix::net::UnixStream},
 };
 
-
-
 /// What a job's bridge asks of the master's scheduler.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToScheduler {

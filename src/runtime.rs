@@ -243,13 +243,17 @@ fn start_spawned(fds: &str) {
             (Some((monitor, control)), listener, start, None)
         }
         [-1, -1, listener, start, lease] => (None, listener, start, Some(lease)),
-        _ => panic!(
-            "constellation: {FDS_VAR} is set but malformed; it is set by the bridge for spawned processes only"
-        ),
+        _ => {
+            panic!("constellation: {FDS_VAR} is set but malformed; it is set by the bridge for spawned processes only")
+        }
     };
     // SAFETY: whoever exec'd this process passed these fds to it alone.
     let (listener, start_file, lease) = unsafe {
-        (TcpListener::from_raw_fd(listener_fd), File::from_raw_fd(start_fd), lease_fd.map(|fd| OwnedFd::from_raw_fd(fd)))
+        (
+            TcpListener::from_raw_fd(listener_fd),
+            File::from_raw_fd(start_fd),
+            lease_fd.map(|fd| OwnedFd::from_raw_fd(fd)),
+        )
     };
     for fd in [Some(listener_fd), lease_fd].into_iter().flatten() {
         if let Err(error) = sys::set_cloexec(fd) {

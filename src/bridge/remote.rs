@@ -12,8 +12,7 @@ use crate::{
     cluster::{Deployment, FromScheduler, ProcessImage, ToScheduler},
     codec,
     proto::{Environment, Hello, Reply, Start, KIND_MESSAGE},
-    sys,
-    ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
+    sys, ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
 };
 use mio::{
     event::Event,
@@ -149,7 +148,8 @@ impl Bridge {
             Ok(start) => start,
             Err(error) => return self.refuse(parent, request, SpawnError::Failed(error.to_string())),
         };
-        let vars = env.vars.into_iter().filter(|(key, _)| !key.starts_with(b"CONSTELLATION_") || key == b"CONSTELLATION_LOG");
+        let vars =
+            env.vars.into_iter().filter(|(key, _)| !key.starts_with(b"CONSTELLATION_") || key == b"CONSTELLATION_LOG");
         let image = ProcessImage { start, args: env.args, vars: vars.collect(), cgroup };
         let queue = !options.try_only;
         let pending = Pending { parent, request, monitor, options, resources, queued: false };

@@ -3,6 +3,8 @@
 //! human output, and check that nothing it started is left behind.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
+
 use serde_json::Value;
 use std::{
     collections::HashMap,

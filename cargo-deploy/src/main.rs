@@ -1,0 +1,225 @@
+//! `cargo deploy`: builds a constellation program with cargo, sends it to a
+//! cluster's bridge daemon, prints the job's output as `cargo run` would, stops the
+//! job on Ctrl-C, and exits with the top process's exit code.
+
+use clap::Parser;
+use constellation_fabric::{
+    auth::{self, Role},
+    wire::{hash_hex, read_frame, write_frame, FromBridge, ToBridge, CHUNK, MAX_FRAME},
+};
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream, ToSocketAddrs},
+    path::PathBuf,
+    process::{Command, ExitCode, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// Build a constellation program and run it on a cluster.
+///
+/// Builds the program with cargo (as `cargo build` would, with the flags given),
+/// sends it to the bridge daemon at BRIDGE_ADDR (the master's bridge_bind in
+/// nodes.toml), and prints the job's output as `cargo run` would. Ctrl-C stops
+/// the job; cargo deploy exits with the top process's exit code.
+///
+/// Examples:
+///
+///   cargo deploy --release --example fibonacci 127.0.0.1:12361 -- 30
+///
+///   cargo deploy --cookie-file ~/.constellation-cookie --bin server --env RUST_LOG 10.0.0.1:12361
+///
+/// Environment: CONSTELLATION_COOKIE (the cookie, if no --cookie-file),
+/// CONSTELLATION_FORMAT=json (JSON lines instead of the human format).
+#[derive(Debug, Parser)]
+#[command(name = "cargo deploy", bin_name = "cargo deploy", version, verbatim_doc_comment)]
+struct Cli {
+    /// Build in release mode.
+    #[arg(long)]
+    release: bool,
+    /// Deploy this binary target of the package.
+    #[arg(long, value_name = "NAME", conflicts_with = "example")]
+    bin: Option<String>,
+    /// Deploy this example of the package.
+    #[arg(long, value_name = "NAME")]
+    example: Option<String>,
+    /// Features to build with (as cargo build --features).
+    #[arg(long, value_name = "FEATURES")]
+    features: Option<String>,
+    /// The package to build (as cargo build -p).
+    #[arg(short = 'p', long, value_name = "SPEC")]
+    package: Option<String>,
+    /// Deploy this already-built executable instead of building.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["bin", "example", "features", "package", "release"])]
+    binary: Option<PathBuf>,
+    /// A file holding the cluster's shared secret.
+    #[arg(long, value_name = "FILE")]
+    cookie_file: Option<PathBuf>,
+    /// Pass this environment variable (with its value here) to the job's
+    /// processes; repeat for several.
+    #[arg(long = "env", value_name = "NAME")]
+    env: Vec<String>,
+    /// The bridge daemon's address, as IP:PORT or HOST:PORT.
+    bridge_addr: String,
+    /// Arguments for the program.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    // Run as `cargo deploy ...`, cargo passes "deploy" first.
+    let args = std::env::args_os().enumerate().filter(|(i, a)| !(*i == 1 && a == "deploy")).map(|(_, a)| a);
+    let cli = Cli::parse_from(args);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(error) => {
+            eprintln!("cargo deploy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32, String> {
+    let cookie = auth::load_cookie(cli.cookie_file.as_deref()).map_err(|e| e.to_string())?.unwrap_or_default();
+    let binary = match &cli.binary {
+        Some(path) => path.clone(),
+        None => build(&cli)?,
+    };
+    let bytes = std::fs::read(&binary).map_err(|e| format!("cannot read {}: {e}", binary.display()))?;
+    let name = binary.file_name().map_or_else(|| "program".into(), |n| n.to_string_lossy().into_owned());
+    let mut vars = Vec::new();
+    for var in &cli.env {
+        match std::env::var(var) {
+            Ok(value) => vars.push((var.clone(), value)),
+            Err(_) => return Err(format!("--env {var}: {var} is not set here, so there is no value to pass")),
+        }
+    }
+    let json = std::env::var("CONSTELLATION_FORMAT").is_ok_and(|f| f == "json");
+    let mut stream = connect(&cli.bridge_addr)?;
+    auth::connect(&mut stream, &cookie, Role::Deploy).map_err(|e| format!("the bridge at {}: {e}", cli.bridge_addr))?;
+    let _ = stream.set_nodelay(true);
+    let lost = |e: std::io::Error| format!("sending the binary to the bridge at {}: {e}", cli.bridge_addr);
+    let deploy =
+        ToBridge::Deploy { name, args: cli.args.clone(), vars, json, size: bytes.len() as u64, hash: hash_hex(&bytes) };
+    write_frame(&mut stream, &deploy).map_err(lost)?;
+    for chunk in bytes.chunks(CHUNK) {
+        write_frame(&mut stream, &ToBridge::Chunk { len: chunk.len() as u32 }).map_err(lost)?;
+        stream.write_all(chunk).map_err(lost)?;
+    }
+    drop(bytes);
+    forward_ctrl_c(&stream)?;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    loop {
+        match read_frame::<FromBridge>(&mut stream, MAX_FRAME) {
+            Ok(FromBridge::Output { fd, data }) => {
+                // Nowhere to report a closed terminal; the job goes on.
+                let _ = match fd {
+                    1 => stdout.lock().write_all(&data).and_then(|()| stdout.lock().flush()),
+                    _ => stderr.lock().write_all(&data),
+                };
+            }
+            Ok(FromBridge::Exit { code }) => return Ok(code),
+            Ok(FromBridge::Error { message }) => return Err(message),
+            Err(error) => {
+                return Err(format!("the connection to the bridge was lost before the job ended: {error}"));
+            }
+        }
+    }
+}
+
+fn connect(addr: &str) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr:?} is not an address of a bridge (IP:PORT or HOST:PORT): {e}"))?
+        .collect();
+    let mut last = None;
+    for candidate in addrs {
+        match TcpStream::connect_timeout(&candidate, Duration::from_secs(10)) {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(format!(
+        "cannot reach the bridge at {addr}: {} (is `constellation ADDR nodes.toml` running, with bridge_bind = \"{addr}\"?)",
+        last.map_or_else(|| "no address".to_string(), |e| e.to_string())
+    ))
+}
+
+/// Sends Stop to the bridge on each Ctrl-C; the job's processes end and the bridge
+/// reports the exit code as for a local run.
+fn forward_ctrl_c(stream: &TcpStream) -> Result<(), String> {
+    let writer = Arc::new(Mutex::new(stream.try_clone().map_err(|e| e.to_string())?));
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(|e| format!("handling Ctrl-C: {e}"))?;
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if let Ok(mut writer) = writer.lock() {
+                let _ = write_frame(&mut *writer, &ToBridge::Stop);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Builds the program with cargo; returns the executable cargo names.
+fn build(cli: &Cli) -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.args(["build", "--message-format=json-render-diagnostics"]);
+    if cli.release {
+        command.arg("--release");
+    }
+    if let Some(bin) = &cli.bin {
+        command.args(["--bin", bin]);
+    }
+    if let Some(example) = &cli.example {
+        command.args(["--example", example]);
+    }
+    if let Some(features) = &cli.features {
+        command.args(["--features", features]);
+    }
+    if let Some(package) = &cli.package {
+        command.args(["-p", package]);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut executables = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if message["reason"] != "compiler-artifact" {
+                continue;
+            }
+            let Some(executable) = message["executable"].as_str() else { continue };
+            let name = message["target"]["name"].as_str().unwrap_or_default().to_string();
+            let kinds: Vec<String> = message["target"]["kind"]
+                .as_array()
+                .map(|k| k.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            executables.push((name, kinds, PathBuf::from(executable)));
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build failed ({status})"));
+    }
+    let wanted = |name: &str, kinds: &[String]| match (&cli.bin, &cli.example) {
+        (Some(bin), _) => name == bin && kinds.iter().any(|k| k == "bin"),
+        (_, Some(example)) => name == example && kinds.iter().any(|k| k == "example"),
+        _ => kinds.iter().any(|k| k == "bin"),
+    };
+    let mut found: Vec<_> = executables.into_iter().filter(|(name, kinds, _)| wanted(name, kinds)).collect();
+    match found.len() {
+        0 => Err("cargo built no executable to deploy: pass --bin NAME or --example NAME".into()),
+        1 => Ok(found.remove(0).2),
+        _ => {
+            let names: Vec<_> = found.iter().map(|(name, _, _)| name.as_str()).collect();
+            Err(format!("cargo built several executables ({}): pass --bin NAME to choose one", names.join(", ")))
+        }
+    }
+}

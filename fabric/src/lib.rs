@@ -1,0 +1,22 @@
+//! The constellation cluster daemon (binary `constellation`) and what `cargo
+//! deploy` shares with it.
+//!
+//! `constellation ADDR` runs a node; `constellation ADDR nodes.toml` runs the
+//! master, which also runs the bridge daemon `cargo deploy` connects to. See the
+//! guide's "Running on a cluster" chapter for a walkthrough.
+//!
+//! - [`node`]: the node role (binaries, processes, the lease).
+//! - [`master`]: placement, node heartbeats and loss.
+//! - [`deploy`]: the bridge daemon, and [`bridge`]: one deployment's bridge.
+//! - [`auth`], [`wire`], [`config`]: cookies, frames and messages, `nodes.toml`.
+
+pub mod auth;
+pub mod bridge;
+pub mod config;
+pub mod deploy;
+pub mod logger;
+pub mod master;
+pub mod node;
+mod os;
+mod reaper;
+pub mod wire;

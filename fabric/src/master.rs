@@ -1,0 +1,540 @@
+//! The master: connects to every node of `nodes.toml`, places each spawn of each
+//! deployed job on a node with room for its `Resources` (free memory; the least
+//! loaded by CPU share and memory), sends
+//! a node each binary once, releases resources when processes end, queues spawns
+//! that wait for room, and watches the nodes' heartbeats: a node silent for its
+//! lease plus a margin is lost, and its processes are reported `Lost` to their
+//! jobs' bridges (by then their monitors have fenced them).
+
+use crate::{
+    auth::{self, Role},
+    config::NodeSpec,
+    wire::{read_frame, write_frame, FromNode, ToNode, CHUNK, MAX_FRAME},
+};
+use constellation::{
+    cluster::{FromScheduler, ProcessImage, ToScheduler},
+    Resources, SpawnError,
+};
+use parking_lot::Mutex;
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// The timings of failure detection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often nodes send heartbeats.
+    pub heartbeat: Duration,
+    /// How long an acknowledged heartbeat keeps a node's processes alive.
+    pub lease: Duration,
+    /// How long after the lease a silent node's processes are declared lost
+    /// (covers killing and reaping them).
+    pub margin: Duration,
+    /// How long to keep trying to reach a node at start.
+    pub connect: Duration,
+}
+
+/// The largest message from a bridge (a spawn carries its closure).
+const MAX_BRIDGE_FRAME: usize = 256 << 20;
+
+/// One node as the master sees it.
+struct NodeState {
+    spec: NodeSpec,
+    /// Where processes on it listen: the node's address.
+    writer: Option<Arc<Mutex<TcpStream>>>,
+    /// The binaries it has.
+    binaries: Arc<Mutex<HashSet<String>>>,
+    used_mem: u64,
+    used_cpu: f64,
+    processes: usize,
+    /// Whether its connection is up (placements go only to reachable nodes).
+    reachable: bool,
+    /// Whether it has been declared lost.
+    lost: bool,
+    last_heartbeat: Instant,
+}
+
+impl NodeState {
+    /// Whether it has room for `resources`. Memory is reserved; CPU is a share
+    /// (a weight, as on one machine), so it spreads load but does not refuse.
+    fn fits(&self, resources: &Resources) -> bool {
+        self.spec.cpu.cores() > 0.0
+            && self.reachable
+            && !self.lost
+            && self.used_mem + resources.mem.bytes() <= self.spec.mem.bytes()
+    }
+
+    /// How loaded it is, for spreading: the larger of its CPU and memory shares.
+    fn load(&self) -> f64 {
+        let cpu = self.used_cpu / self.spec.cpu.cores().max(1e-9);
+        let mem = self.used_mem as f64 / (self.spec.mem.bytes().max(1) as f64);
+        cpu.max(mem)
+    }
+}
+
+struct Job {
+    bridge: Arc<Mutex<UnixStream>>,
+    hash: String,
+    binary: PathBuf,
+    /// Each live process's node and resources.
+    processes: HashMap<u64, (usize, Resources)>,
+}
+
+struct Waiting {
+    job: u64,
+    id: u64,
+    resources: Resources,
+    image: ProcessImage,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<u64, Job>,
+    queue: VecDeque<Waiting>,
+    next_job: u64,
+}
+
+/// The master's scheduler, shared by its threads.
+pub struct Master {
+    timing: Timing,
+    cookie: Vec<u8>,
+    nodes: Mutex<Vec<NodeState>>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Master {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Master").field("timing", &self.timing).finish_non_exhaustive()
+    }
+}
+
+/// A spawn placed on a node, to be sent there.
+struct Dispatch {
+    node: usize,
+    job: u64,
+    id: u64,
+    image: ProcessImage,
+}
+
+impl Master {
+    /// Connects to every node of `nodes` (retrying with backoff for
+    /// `timing.connect`), then watches them; fails naming the nodes it could
+    /// not reach.
+    pub fn start(nodes: Vec<NodeSpec>, cookie: Option<Vec<u8>>, timing: Timing) -> Result<Arc<Master>, String> {
+        let cookie = cookie.unwrap_or_default();
+        let master = Arc::new(Master {
+            timing,
+            cookie,
+            nodes: Mutex::new(
+                nodes
+                    .into_iter()
+                    .map(|spec| NodeState {
+                        spec,
+                        writer: None,
+                        binaries: Arc::new(Mutex::new(HashSet::new())),
+                        used_mem: 0,
+                        used_cpu: 0.0,
+                        processes: 0,
+                        reachable: false,
+                        lost: false,
+                        last_heartbeat: Instant::now(),
+                    })
+                    .collect(),
+            ),
+            state: Mutex::new(State { next_job: 1, ..State::default() }),
+        });
+        let count = master.nodes.lock().len();
+        let connecting: Vec<_> = (0..count)
+            .map(|index| {
+                let master = master.clone();
+                std::thread::spawn(move || master.connect_node(index))
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for handle in connecting {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => failures.push(error),
+                Err(_) => failures.push("a connecting thread panicked".to_string()),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(failures.join("\n"));
+        }
+        let watcher = master.clone();
+        std::thread::Builder::new()
+            .name("lease-watch".into())
+            .spawn(move || watcher.watch_leases())
+            .map_err(|e| e.to_string())?;
+        Ok(master)
+    }
+
+    fn connect_node(self: &Arc<Self>, index: usize) -> Result<(), String> {
+        let spec = self.nodes.lock()[index].spec.clone();
+        if spec.cpu.cores() == 0.0 && spec.fabric_addr.port() == 0 {
+            return Ok(());
+        }
+        let addr = spec.fabric_addr;
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut stream = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Ok(stream) => break stream,
+                Err(error) if started.elapsed() >= self.timing.connect => return Err(format!(
+                    "cannot reach the node at {addr} after {:.0} s: {error} (is `constellation {addr}` running there?)",
+                    started.elapsed().as_secs_f64()
+                )),
+                Err(error) => {
+                    log::debug!("node {addr} not reachable yet ({error}); retrying in {backoff:?}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        auth::connect(&mut stream, &self.cookie, Role::Master).map_err(|e| format!("the node at {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let config = ToNode::Config {
+            heartbeat_ms: self.timing.heartbeat.as_millis() as u64,
+            lease_ms: self.timing.lease.as_millis() as u64,
+        };
+        write_frame(&mut stream, &config).map_err(|e| format!("the node at {addr}: {e}"))?;
+        let cached = match read_frame(&mut stream, MAX_FRAME) {
+            Ok(FromNode::Ready { cached }) => cached,
+            Ok(other) => return Err(format!("the node at {addr} answered {other:?} instead of Ready")),
+            Err(error) => return Err(format!("the node at {addr}: {error}")),
+        };
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        {
+            let mut nodes = self.nodes.lock();
+            let node = &mut nodes[index];
+            node.writer = Some(Arc::new(Mutex::new(writer)));
+            node.binaries.lock().extend(cached);
+            node.reachable = true;
+            node.last_heartbeat = Instant::now();
+        }
+        log::info!("node {addr} joined ({}, {} cores)", spec.mem, spec.cpu.cores());
+        let master = self.clone();
+        std::thread::Builder::new()
+            .name(format!("node {addr}"))
+            .spawn(move || master.read_node(index, stream))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn read_node(self: Arc<Self>, index: usize, mut stream: TcpStream) {
+        let addr = self.nodes.lock()[index].spec.fabric_addr;
+        let error = loop {
+            let message = match read_frame::<FromNode>(&mut stream, MAX_FRAME) {
+                Ok(message) => message,
+                Err(error) => break error,
+            };
+            match message {
+                FromNode::Heartbeat { seq } => {
+                    let writer = {
+                        let mut nodes = self.nodes.lock();
+                        nodes[index].last_heartbeat = Instant::now();
+                        nodes[index].writer.clone()
+                    };
+                    if let Some(writer) = writer {
+                        let _ = write_frame(&mut *writer.lock(), &ToNode::HeartbeatAck { seq });
+                    }
+                }
+                FromNode::Started { job, id, port } => {
+                    let addr = SocketAddr::new(addr.ip(), port);
+                    self.tell_bridge(job, &FromScheduler::Placed { id, addr });
+                }
+                FromNode::Failed { job, id, error } => {
+                    self.release(job, id);
+                    self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::Failed(error) });
+                    self.place_waiting();
+                }
+                FromNode::Ended { job, id, signal } => {
+                    self.release(job, id);
+                    self.tell_bridge(job, &FromScheduler::Ended { id, signal, lost: false });
+                    self.place_waiting();
+                }
+                FromNode::Ready { .. } => {}
+            }
+        };
+        let mut nodes = self.nodes.lock();
+        nodes[index].reachable = false;
+        if !nodes[index].lost {
+            log::warn!(
+                "the connection to node {addr} was lost ({error}); its processes are declared lost if it stays silent for {:?}",
+                self.timing.lease + self.timing.margin
+            );
+        }
+    }
+
+    /// Declares lost every node silent for longer than its lease plus the margin.
+    fn watch_leases(self: Arc<Self>) {
+        let limit = self.timing.lease + self.timing.margin;
+        let tick = (self.timing.heartbeat / 2).clamp(Duration::from_millis(10), Duration::from_millis(200));
+        loop {
+            std::thread::sleep(tick);
+            let lost: Vec<usize> = {
+                let mut nodes = self.nodes.lock();
+                let mut lost = Vec::new();
+                for (index, node) in nodes.iter_mut().enumerate() {
+                    if node.writer.is_some() && !node.lost && node.last_heartbeat.elapsed() > limit {
+                        node.lost = true;
+                        node.reachable = false;
+                        if let Some(writer) = node.writer.take() {
+                            let _ = writer.lock().shutdown(std::net::Shutdown::Both);
+                        }
+                        lost.push(index);
+                    }
+                }
+                lost
+            };
+            for index in lost {
+                self.declare_lost(index);
+            }
+        }
+    }
+
+    fn declare_lost(&self, index: usize) {
+        let addr = self.nodes.lock()[index].spec.fabric_addr;
+        let mut victims = Vec::new();
+        {
+            let mut state = self.state.lock();
+            for (&job, entry) in &mut state.jobs {
+                entry.processes.retain(|&id, &mut (node, _)| {
+                    if node == index {
+                        victims.push((job, id));
+                    }
+                    node != index
+                });
+            }
+        }
+        {
+            let mut nodes = self.nodes.lock();
+            nodes[index].used_mem = 0;
+            nodes[index].used_cpu = 0.0;
+            nodes[index].processes = 0;
+        }
+        log::warn!(
+            "node {addr} is lost: no heartbeat for {:?}; its {} processes are declared lost",
+            self.timing.lease + self.timing.margin,
+            victims.len()
+        );
+        for (job, id) in victims {
+            self.tell_bridge(job, &FromScheduler::Ended { id, signal: None, lost: true });
+        }
+    }
+
+    fn tell_bridge(&self, job: u64, message: &FromScheduler) {
+        let bridge = self.state.lock().jobs.get(&job).map(|j| j.bridge.clone());
+        if let Some(bridge) = bridge {
+            if let Err(error) = write_frame(&mut *bridge.lock(), message) {
+                log::debug!("telling the bridge of job {job}: {error}");
+            }
+        }
+    }
+
+    /// Frees what process `id` of `job` held.
+    fn release(&self, job: u64, id: u64) {
+        let placed = self.state.lock().jobs.get_mut(&job).and_then(|j| j.processes.remove(&id));
+        if let Some((index, resources)) = placed {
+            let mut nodes = self.nodes.lock();
+            let node = &mut nodes[index];
+            node.used_mem = node.used_mem.saturating_sub(resources.mem.bytes());
+            node.used_cpu = (node.used_cpu - resources.cpu.cores()).max(0.0);
+            node.processes = node.processes.saturating_sub(1);
+        }
+    }
+
+    /// Picks the least loaded node with room and reserves the room there.
+    fn reserve(&self, resources: &Resources) -> Option<usize> {
+        let mut nodes = self.nodes.lock();
+        let index = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.fits(resources))
+            .min_by(|(_, a), (_, b)| a.load().total_cmp(&b.load()).then(a.processes.cmp(&b.processes)))
+            .map(|(index, _)| index)?;
+        let node = &mut nodes[index];
+        node.used_mem += resources.mem.bytes();
+        node.used_cpu += resources.cpu.cores();
+        node.processes += 1;
+        Some(index)
+    }
+
+    /// Whether any node could ever hold `resources`.
+    fn could_ever_fit(&self, resources: &Resources) -> bool {
+        self.nodes
+            .lock()
+            .iter()
+            .any(|n| !n.lost && n.spec.cpu.cores() > 0.0 && resources.mem.bytes() <= n.spec.mem.bytes())
+    }
+
+    /// Registers a deployed job whose bridge talks on `bridge`; returns its id.
+    pub fn add_job(self: &Arc<Self>, bridge: UnixStream, hash: String, binary: PathBuf) -> io::Result<u64> {
+        let reader = bridge.try_clone()?;
+        let bridge = Arc::new(Mutex::new(bridge));
+        let job = {
+            let mut state = self.state.lock();
+            let job = state.next_job;
+            state.next_job += 1;
+            state.jobs.insert(job, Job { bridge, hash, binary, processes: HashMap::new() });
+            job
+        };
+        let master = self.clone();
+        std::thread::Builder::new().name(format!("job {job}")).spawn(move || master.read_bridge(job, reader))?;
+        Ok(job)
+    }
+
+    fn read_bridge(self: Arc<Self>, job: u64, mut stream: UnixStream) {
+        loop {
+            match read_frame::<ToScheduler>(&mut stream, MAX_BRIDGE_FRAME) {
+                Ok(ToScheduler::Place { id, resources, queue, image }) => self.place(job, id, resources, queue, image),
+                Ok(ToScheduler::Withdraw { ids }) => {
+                    let withdrawn: Vec<u64> = {
+                        let mut state = self.state.lock();
+                        let mut withdrawn = Vec::new();
+                        state.queue.retain(|w| {
+                            let out = w.job == job && ids.contains(&w.id);
+                            if out {
+                                withdrawn.push(w.id);
+                            }
+                            !out
+                        });
+                        withdrawn
+                    };
+                    for id in withdrawn {
+                        self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::NoCapacity });
+                    }
+                }
+                Err(error) => {
+                    if error.kind() != io::ErrorKind::UnexpectedEof {
+                        log::warn!("the bridge of job {job} sent a bad message: {error}");
+                    }
+                    break;
+                }
+            }
+        }
+        self.end_job(job);
+    }
+
+    /// The job's bridge has gone: kill what is left of the job and free its room.
+    fn end_job(&self, job: u64) {
+        let entry = {
+            let mut state = self.state.lock();
+            state.queue.retain(|w| w.job != job);
+            state.jobs.remove(&job)
+        };
+        let Some(entry) = entry else { return };
+        let hosts: HashSet<usize> = entry.processes.values().map(|&(node, _)| node).collect();
+        {
+            let mut nodes = self.nodes.lock();
+            for &(index, resources) in entry.processes.values() {
+                let node = &mut nodes[index];
+                node.used_mem = node.used_mem.saturating_sub(resources.mem.bytes());
+                node.used_cpu = (node.used_cpu - resources.cpu.cores()).max(0.0);
+                node.processes = node.processes.saturating_sub(1);
+            }
+        }
+        for index in hosts {
+            let writer = self.nodes.lock()[index].writer.clone();
+            if let Some(writer) = writer {
+                let _ = write_frame(&mut *writer.lock(), &ToNode::KillJob { job });
+            }
+        }
+        log::info!("job {job} ended");
+        self.place_waiting();
+    }
+
+    fn place(&self, job: u64, id: u64, resources: Resources, queue: bool, image: ProcessImage) {
+        match self.reserve(&resources) {
+            Some(node) => {
+                if let Some(entry) = self.state.lock().jobs.get_mut(&job) {
+                    entry.processes.insert(id, (node, resources));
+                }
+                self.dispatch(Dispatch { node, job, id, image });
+            }
+            None if queue && self.could_ever_fit(&resources) => {
+                self.state.lock().queue.push_back(Waiting { job, id, resources, image });
+                self.tell_bridge(job, &FromScheduler::Queued { id });
+            }
+            None => self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::NoCapacity }),
+        }
+    }
+
+    /// Places the waiting spawns that now fit, in the order they came.
+    fn place_waiting(&self) {
+        let ready: Vec<Dispatch> = {
+            let mut state = self.state.lock();
+            let mut ready = Vec::new();
+            let mut index = 0;
+            while index < state.queue.len() {
+                let resources = state.queue[index].resources;
+                match self.reserve(&resources) {
+                    Some(node) => {
+                        let waiting = state.queue.remove(index).expect("index is in range");
+                        if let Some(entry) = state.jobs.get_mut(&waiting.job) {
+                            entry.processes.insert(waiting.id, (node, resources));
+                        }
+                        ready.push(Dispatch { node, job: waiting.job, id: waiting.id, image: waiting.image });
+                    }
+                    None => index += 1,
+                }
+            }
+            ready
+        };
+        for dispatch in ready {
+            self.dispatch(dispatch);
+        }
+    }
+
+    /// Sends a placed spawn to its node, with the job's binary if the node lacks it.
+    fn dispatch(&self, dispatch: Dispatch) {
+        let Dispatch { node, job, id, image } = dispatch;
+        let (writer, binaries, addr) = {
+            let nodes = self.nodes.lock();
+            (nodes[node].writer.clone(), nodes[node].binaries.clone(), nodes[node].spec.fabric_addr)
+        };
+        let Some((hash, binary)) = self.state.lock().jobs.get(&job).map(|j| (j.hash.clone(), j.binary.clone())) else {
+            return self.release(job, id);
+        };
+        let sent = writer.ok_or_else(|| io::Error::other("the node is not connected")).and_then(|writer| {
+            let mut writer = writer.lock();
+            // Under the node's writer lock, so a binary is sent to a node once.
+            let mut binaries = binaries.lock();
+            if !binaries.contains(&hash) {
+                send_binary(&mut writer, &hash, &binary)?;
+                log::info!("sent binary {hash} to node {addr}");
+                binaries.insert(hash.clone());
+            }
+            drop(binaries);
+            write_frame(&mut *writer, &ToNode::Spawn { job, id, hash, image })
+        });
+        if let Err(error) = sent {
+            self.release(job, id);
+            let error = SpawnError::Failed(format!("sending it to node {addr}: {error}"));
+            self.tell_bridge(job, &FromScheduler::Refused { id, error });
+        }
+    }
+}
+
+fn send_binary(writer: &mut TcpStream, hash: &str, path: &PathBuf) -> io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let mut chunk = vec![0u8; CHUNK];
+    let size = file.metadata()?.len();
+    let mut sent = 0u64;
+    loop {
+        let n = file.read(&mut chunk)?;
+        sent += n as u64;
+        let last = n == 0 || sent >= size;
+        write_frame(writer, &ToNode::BinaryChunk { hash: hash.to_string(), len: n as u32, last })?;
+        writer.write_all(&chunk[..n])?;
+        if last {
+            return Ok(());
+        }
+    }
+}

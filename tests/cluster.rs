@@ -1,0 +1,111 @@
+//! The same binaries on a loopback cluster: a master and three node daemons on
+//! 127.0.0.1–4, jobs deployed with `cargo deploy`, compared with local runs.
+mod util;
+
+use std::{collections::BTreeMap, time::Duration};
+use util::{cluster::Cluster, Job};
+
+/// The job's stdout lines, with process tags (which differ between runs) blanked,
+/// counted.
+fn lines(finished: &util::Finished) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in finished.all_stdout().lines() {
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| {
+                let bare = w.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+                if bare.len() == 7 && bare.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    w.replace(bare, "<pid>")
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        *counts.entry(words.join(" ")).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn examples_print_on_a_cluster_what_they_print_locally() {
+    let cluster = Cluster::three_nodes(&[]);
+    for (example, args) in [
+        ("hello", &[][..]),
+        ("fibonacci", &["8"][..]),
+        ("pythagorean", &[][..]),
+        ("fork_join", &[][..]),
+        ("pipeline", &[][..]),
+        ("all_to_all", &[][..]),
+    ] {
+        let local = Job::new(example, args).run();
+        let deployed = cluster.deploy(example, args).run();
+        assert_eq!(deployed.code, Some(0), "{example} on the cluster: {}\n{}", deployed.stderr_text(), cluster.logs());
+        assert_eq!(lines(&deployed), lines(&local), "{example}: the cluster's output differs from the local run's");
+        assert_eq!(deployed.spawns().len(), local.spawns().len(), "{example}: a different process tree");
+        deployed.assert_nothing_left();
+    }
+}
+
+#[test]
+fn exit_codes_and_panics_propagate() {
+    let cluster = Cluster::three_nodes(&[]);
+    let finished = cluster.deploy("cluster_scenarios", &["exit", "7"]).run();
+    assert_eq!(finished.code, Some(7), "{}", finished.stderr_text());
+    assert!(finished.all_stdout().contains("child ran"));
+    let finished = cluster.deploy("cluster_scenarios", &["no such scenario"]).run();
+    assert_eq!(finished.code, Some(101), "{}", finished.stderr_text());
+    let exit = &finished.exits()[&finished.top()];
+    assert!(exit["panic"].as_str().unwrap().contains("no scenario"), "{exit}");
+    finished.assert_nothing_left();
+}
+
+#[test]
+fn placement_respects_memory_and_spreads_load() {
+    let cluster = Cluster::start(
+        &[
+            util::cluster::Node { ip: "127.0.0.2", mem: "1 GiB", cpu: 2.0 },
+            util::cluster::Node { ip: "127.0.0.3", mem: "6 GiB", cpu: 2.0 },
+            util::cluster::Node { ip: "127.0.0.4", mem: "1 GiB", cpu: 2.0 },
+        ],
+        &[],
+    );
+    // Only 127.0.0.3 has room for 4 GiB.
+    let finished = cluster.deploy("cluster_scenarios", &["where", "4096"]).run();
+    assert_eq!(finished.code, Some(0), "{}\n{}", finished.stderr_text(), cluster.logs());
+    assert_eq!(finished.line("child on"), "child on 127.0.0.3");
+    // Nothing has room for 16 GiB: spawn fails with NoCapacity rather than waiting.
+    let finished = cluster.deploy("cluster_scenarios", &["where", "16384"]).run();
+    assert_eq!(finished.code, Some(101));
+    let exit = &finished.exits()[&finished.top()];
+    assert!(exit["panic"].as_str().unwrap().contains("NoCapacity"), "{exit}");
+    // Twelve small children land on every node.
+    let finished = cluster.deploy("cluster_scenarios", &["spread", "12"]).run();
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr_text());
+    assert_eq!(finished.line("ips:"), "ips: 127.0.0.2,127.0.0.3,127.0.0.4");
+    finished.assert_nothing_left();
+}
+
+#[test]
+fn a_binary_crosses_to_each_node_once() {
+    let cluster = Cluster::three_nodes(&[]);
+    for _ in 0..2 {
+        let finished = cluster.deploy("cluster_scenarios", &["spread", "12"]).run();
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr_text());
+        assert_eq!(finished.line("ips:"), "ips: 127.0.0.2,127.0.0.3,127.0.0.4");
+    }
+    for node in &cluster.nodes {
+        assert_eq!(node.log().matches("stored binary").count(), 1, "{}", node.log());
+    }
+    assert_eq!(cluster.master.log().matches("sent binary").count(), 3, "{}", cluster.master.log());
+}
+
+#[test]
+fn ctrl_c_stops_a_deployed_job_and_leaves_nothing() {
+    let cluster = Cluster::three_nodes(&[]);
+    let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
+    running.wait_for_stdout("worker on", Duration::from_secs(30));
+    running.signal(libc::SIGINT, false);
+    let finished = running.finish();
+    assert_eq!(finished.code, Some(130), "{}", finished.stderr_text());
+    finished.assert_nothing_left();
+}

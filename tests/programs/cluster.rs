@@ -1,0 +1,82 @@
+//! Programs the loopback-cluster tests deploy (`tests/cluster.rs`), one per
+//! scenario named by the first argument. Each says where its processes ran.
+use constellation::*;
+use constellation_supervisor::*;
+use std::time::Duration;
+
+fn ip() -> String {
+    pid().addr().ip().to_string()
+}
+
+fn main() {
+    init(Resources::default());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scenario = args.first().cloned().unwrap_or_default();
+    let number = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
+    match scenario.as_str() {
+        // A child that needs `MIB` of memory says where it landed.
+        "where" => {
+            let mem = number(1) * Mem::MIB;
+            let child = spawn(
+                Resources { mem, ..Resources::default() },
+                FnOnce!(|parent: Pid| Sender::<String>::new(parent).send(pid().addr().ip().to_string()).block()),
+            )
+            .block()
+            .expect("spawning the child");
+            println!("child on {}", Receiver::<String>::new(child).recv().block().expect("the child's answer"));
+        }
+        // `N` children say where they ran; the top lists the distinct addresses.
+        "spread" => {
+            let children: Vec<Pid> = (0..number(1))
+                .map(|_| {
+                    spawn(
+                        Resources::default(),
+                        FnOnce!(|parent: Pid| Sender::<String>::new(parent)
+                            .send(pid().addr().ip().to_string())
+                            .block()),
+                    )
+                    .block()
+                    .expect("spawning a child")
+                })
+                .collect();
+            let mut ips: Vec<String> =
+                children.into_iter().map(|c| Receiver::<String>::new(c).recv().block().expect("an answer")).collect();
+            ips.sort();
+            ips.dedup();
+            println!("ips: {}", ips.join(","));
+        }
+        // A supervised worker that runs until the job is stopped; each life says
+        // where it runs and its OS pid.
+        "supervised" => {
+            let worker = Child::new(
+                "worker",
+                Resources::default(),
+                FnOnce!(|_supervisor: Pid| {
+                    println!("worker on {} os {}", pid().addr().ip(), std::process::id());
+                    loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }),
+            );
+            let _supervisor = Supervisor::new(OneForOne)
+                .intensity(5, Duration::from_secs(60))
+                .child(worker)
+                .spawn(Resources::default())
+                .block()
+                .expect("spawning the supervisor");
+            println!("top on {}", ip());
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        // Exits with code `N` after a child has run.
+        "exit" => {
+            let child = spawn(Resources::default(), FnOnce!(|_parent: Pid| println!("child ran")))
+                .block()
+                .expect("spawning the child");
+            let _ = Receiver::<()>::new(child).recv().block();
+            std::process::exit(number(1) as i32);
+        }
+        other => panic!("no scenario {other:?}"),
+    }
+}
