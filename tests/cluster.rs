@@ -109,3 +109,91 @@ fn ctrl_c_stops_a_deployed_job_and_leaves_nothing() {
     assert_eq!(finished.code, Some(130), "{}", finished.stderr_text());
     finished.assert_nothing_left();
 }
+
+/// Timings short enough for tests: a node is declared lost 3 s after its last
+/// acknowledged heartbeat.
+const FAST_LEASES: [&str; 6] = ["--heartbeat", "0.2", "--lease", "2", "--margin", "1"];
+
+/// Whether OS process `pid` exists (and is not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+}
+
+/// The (ip, OS pid) of each "worker on IP os PID" line so far.
+fn workers(running: &util::Running) -> Vec<(String, i32)> {
+    running
+        .stdout_text()
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("worker on ")?;
+            let (ip, pid) = rest.split_once(" os ")?;
+            Some((ip.to_string(), pid.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn wait_for_workers(running: &util::Running, count: usize, within: Duration, cluster: &Cluster) -> Vec<(String, i32)> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let found = workers(running);
+        if found.len() >= count {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} worker lives did not start within {within:?}: {found:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn node_at<'a>(cluster: &'a Cluster, ip: &str) -> &'a util::cluster::Daemon {
+    cluster.nodes.iter().find(|n| n.addr.starts_with(&format!("{ip}:"))).expect("a node at that address")
+}
+
+#[test]
+fn a_killed_node_loses_its_worker_at_once_and_the_supervisor_restarts_it_elsewhere() {
+    let cluster = Cluster::three_nodes(&FAST_LEASES);
+    let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
+    let first = wait_for_workers(&running, 1, Duration::from_secs(30), &cluster)[0].clone();
+    let killed_at = std::time::Instant::now();
+    node_at(&cluster, &first.0).signal(libc::SIGKILL);
+    // Its monitor dies with its node daemon, and the worker with its monitor.
+    while alive(first.1) {
+        assert!(killed_at.elapsed() < Duration::from_secs(2), "the worker outlived its node");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = wait_for_workers(&running, 2, Duration::from_secs(20), &cluster)[1].clone();
+    let restarted_after = killed_at.elapsed();
+    assert_ne!(second.0, first.0, "restarted on the lost node");
+    assert!(restarted_after >= Duration::from_secs(2), "restarted after {restarted_after:?}, before the lease ran out");
+    running.signal(libc::SIGINT, false);
+    let finished = running.finish();
+    let lost = finished.exits().values().filter(|status| status["lost"] == true).count();
+    assert_eq!(lost, 1, "one process is reported lost: {:?}", finished.exits());
+    finished.assert_nothing_left();
+}
+
+#[test]
+fn a_stopped_node_has_its_processes_fenced_by_their_monitors() {
+    let cluster = Cluster::three_nodes(&FAST_LEASES);
+    let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
+    let first = wait_for_workers(&running, 1, Duration::from_secs(30), &cluster)[0].clone();
+    let node = node_at(&cluster, &first.0);
+    node.signal(libc::SIGSTOP);
+    let stopped_at = std::time::Instant::now();
+    // The lease (2 s from the last acknowledged heartbeat) runs out; nothing
+    // renews it, so the worker's monitor kills it.
+    while alive(first.1) {
+        assert!(stopped_at.elapsed() < Duration::from_secs(5), "the worker was not fenced");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = wait_for_workers(&running, 2, Duration::from_secs(20), &cluster)[1].clone();
+    assert_ne!(second.0, first.0, "restarted on the stopped node");
+    node.signal(libc::SIGCONT);
+    running.signal(libc::SIGINT, false);
+    let finished = running.finish();
+    finished.assert_nothing_left();
+}

@@ -169,6 +169,11 @@ impl Running {
         &self.marker
     }
 
+    /// The job's stdout so far (all processes, JSON decoded).
+    pub fn stdout_text(&self) -> String {
+        Finished::stdout_of_events(&parse_events(&self.stdout.lock().unwrap()), None)
+    }
+
     /// Waits until the job's stdout (all processes, JSON decoded) contains `text`.
     pub fn wait_for_stdout(&self, text: &str, within: Duration) {
         let deadline = Instant::now() + within;
