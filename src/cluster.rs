@@ -47,9 +47,9 @@ pub enum FromScheduler {
     Queued { id: u64 },
     /// Process `id` could not be started.
     Refused { id: u64, error: SpawnError },
-    /// The monitor of process `id` has ended (killed by `signal`, if one), or
-    /// its node was lost (`lost`), in which case the process is gone too.
-    Ended { id: u64, signal: Option<i32>, lost: bool },
+    /// The monitor of process `id` has ended (with exit `code`, or killed by
+    /// `signal`), or its node was lost (`lost`), and the process is gone too.
+    Ended { id: u64, code: Option<i32>, signal: Option<i32>, lost: bool },
 }
 
 /// What a deployed job's bridge is given.

@@ -89,6 +89,7 @@ pub fn run(fds: &str) -> ! {
 /// Runs the binary once to learn the `Resources` its `init` asks for.
 fn probe(settings: &BridgeSettings) -> Result<Resources, String> {
     let mut child = Command::new(&settings.binary)
+        .args(&settings.args)
         .env_clear()
         .envs(settings.vars.iter().map(|(k, v)| (k, v)))
         .env(cluster::PROBE_VAR, "1")

@@ -186,10 +186,12 @@ impl Master {
         let mut stream = loop {
             match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
                 Ok(stream) => break stream,
-                Err(error) if started.elapsed() >= self.timing.connect => return Err(format!(
+                Err(error) if started.elapsed() >= self.timing.connect => {
+                    return Err(format!(
                     "cannot reach the node at {addr} after {:.0} s: {error} (is `constellation {addr}` running there?)",
                     started.elapsed().as_secs_f64()
-                )),
+                ))
+                }
                 Err(error) => {
                     log::debug!("node {addr} not reachable yet ({error}); retrying in {backoff:?}");
                     std::thread::sleep(backoff);
@@ -254,9 +256,9 @@ impl Master {
                     self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::Failed(error) });
                     self.place_waiting();
                 }
-                FromNode::Ended { job, id, signal } => {
+                FromNode::Ended { job, id, code, signal } => {
                     self.release(job, id);
-                    self.tell_bridge(job, &FromScheduler::Ended { id, signal, lost: false });
+                    self.tell_bridge(job, &FromScheduler::Ended { id, code, signal, lost: false });
                     self.place_waiting();
                 }
                 FromNode::Ready { .. } => {}
@@ -325,7 +327,7 @@ impl Master {
             victims.len()
         );
         for (job, id) in victims {
-            self.tell_bridge(job, &FromScheduler::Ended { id, signal: None, lost: true });
+            self.tell_bridge(job, &FromScheduler::Ended { id, code: None, signal: None, lost: true });
         }
     }
 

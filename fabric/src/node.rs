@@ -324,7 +324,7 @@ impl Node {
         log::debug!("process {} of job {} ended: {ended:?}", process.id, process.job);
         let current = self.current.lock().clone();
         if let Some(session) = current.filter(|s| s.id == process.session) {
-            session.send(&FromNode::Ended { job: process.job, id: process.id, signal: ended.signal });
+            session.send(&FromNode::Ended { job: process.job, id: process.id, code: ended.code, signal: ended.signal });
         }
     }
 

@@ -81,8 +81,8 @@ pub enum FromNode {
     Started { job: u64, id: u64, port: u16 },
     /// Process `id` of `job` could not be started.
     Failed { job: u64, id: u64, error: String },
-    /// The monitor of process `id` of `job` has ended (by `signal`, if one).
-    Ended { job: u64, id: u64, signal: Option<i32> },
+    /// The monitor of process `id` of `job` has ended (with exit `code`, or by `signal`).
+    Ended { job: u64, id: u64, code: Option<i32>, signal: Option<i32> },
     /// Still here.
     Heartbeat { seq: u64 },
 }

@@ -245,12 +245,12 @@ impl Bridge {
                     self.refuse(pending.parent, pending.request, error);
                 }
             }
-            FromScheduler::Ended { id, signal, lost } => self.on_monitor_ended(id, signal, lost),
+            FromScheduler::Ended { id, code, signal, lost } => self.on_monitor_ended(id, code, signal, lost),
         }
     }
 
     /// The scheduler says the monitor of process `id` has ended.
-    fn on_monitor_ended(&mut self, id: u64, signal: Option<i32>, lost: bool) {
+    fn on_monitor_ended(&mut self, id: u64, code: Option<i32>, signal: Option<i32>, lost: bool) {
         let Some(remote) = &mut self.remote else { return };
         if let Some(pending) = remote.pending.remove(&id) {
             let error = if lost {
@@ -269,7 +269,13 @@ impl Bridge {
             self.on_exit(pid, ExitStatus::Lost);
             return;
         }
-        let status = ExitStatus::Signal(signal.unwrap_or(libc::SIGKILL));
+        // A monitor that could not report: killed, or the binary never reached init.
+        let status = match (signal, code) {
+            (Some(signal), _) => ExitStatus::Signal(signal),
+            (None, Some(0)) => ExitStatus::Success,
+            (None, Some(code)) => ExitStatus::Code(code),
+            (None, None) => ExitStatus::Signal(libc::SIGKILL),
+        };
         match process.monitor {
             // Its own report, if it sent one, is still to be read.
             Some(_) => process.monitor_ended = Some(status),

@@ -9,6 +9,10 @@ fn ip() -> String {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("never_init") {
+        // A program that takes too long to reach init.
+        std::thread::sleep(Duration::from_secs(60));
+    }
     init(Resources::default());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let scenario = args.first().cloned().unwrap_or_default();

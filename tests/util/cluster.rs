@@ -109,13 +109,20 @@ impl Drop for Daemon {
 pub struct Cluster {
     pub nodes: Vec<Daemon>,
     pub master: Daemon,
-    dir: PathBuf,
+    pub dir: PathBuf,
+    /// Arguments every daemon and every deployment is given (such as a cookie).
+    common: Vec<String>,
 }
 
 impl Cluster {
     /// Starts a node daemon per entry of `nodes` and a master (hosting no
     /// processes) on 127.0.0.1, passing it `master_args`.
     pub fn start(nodes: &[Node], master_args: &[&str]) -> Cluster {
+        Cluster::start_with(nodes, master_args, None)
+    }
+
+    /// As [`Cluster::start`], with every daemon holding `cookie`.
+    pub fn start_with(nodes: &[Node], master_args: &[&str], cookie: Option<&str>) -> Cluster {
         static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "constellation-test-cluster-{}-{}",
@@ -123,6 +130,12 @@ impl Cluster {
             COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("making the cluster's directory");
+        let mut common = Vec::new();
+        if let Some(cookie) = cookie {
+            let file = dir.join("cookie");
+            std::fs::write(&file, cookie).expect("writing the cookie file");
+            common = vec!["--cookie-file".to_string(), file.display().to_string()];
+        }
         let daemon = workspace_binary("constellation");
         let mut toml = String::from(
             "[[nodes]]\nfabric_addr = \"127.0.0.1:0\"\nbridge_bind = \"127.0.0.1:0\"\nmem = \"1 GiB\"\ncpu = 0\n",
@@ -130,7 +143,7 @@ impl Cluster {
         let mut started = Vec::new();
         for (index, node) in nodes.iter().enumerate() {
             let mut command = Command::new(&daemon);
-            command.arg("--work-dir").arg(dir.join(format!("node{index}"))).arg(format!("{}:0", node.ip));
+            command.args(&common).arg("--work-dir").arg(dir.join(format!("node{index}"))).arg(format!("{}:0", node.ip));
             let started_node = Daemon::start(command, "listening on ");
             toml.push_str(&format!(
                 "\n[[nodes]]\nfabric_addr = \"{}\"\nmem = \"{}\"\ncpu = {}\n",
@@ -143,9 +156,15 @@ impl Cluster {
         let nodes_toml = dir.join("nodes.toml");
         std::fs::write(&nodes_toml, toml).expect("writing nodes.toml");
         let mut command = Command::new(&daemon);
-        command.arg("--work-dir").arg(dir.join("master")).args(master_args).arg("127.0.0.1:0").arg(&nodes_toml);
+        command
+            .args(&common)
+            .arg("--work-dir")
+            .arg(dir.join("master"))
+            .args(master_args)
+            .arg("127.0.0.1:0")
+            .arg(&nodes_toml);
         let master = Daemon::start(command, "bridge listening on ");
-        Cluster { nodes: started, master, dir }
+        Cluster { nodes: started, master, dir, common }
     }
 
     /// Three nodes of 4 GiB and 2 cores on 127.0.0.2–4.
@@ -156,9 +175,16 @@ impl Cluster {
 
     /// `cargo deploy` of example `name` with `args`, as a job to run.
     pub fn deploy(&self, name: &str, args: &[&str]) -> Job {
+        self.deploy_with(name, &self.common.iter().map(String::as_str).collect::<Vec<_>>(), args)
+    }
+
+    /// `cargo deploy OPTIONS` of example `name` with `args` (no cookie unless
+    /// `options` has one).
+    pub fn deploy_with(&self, name: &str, options: &[&str], args: &[&str]) -> Job {
         let mut command = Command::new(workspace_binary("cargo-deploy"));
         command
             .arg("deploy")
+            .args(options)
             .arg("--binary")
             .arg(super::example(name))
             .args(["--env", "SCENARIO_MARKER"])
