@@ -69,6 +69,8 @@ pub struct Deployment {
     pub vars: Vec<(Vec<u8>, Vec<u8>)>,
     /// The top process's resources, as its `init` asks for them.
     pub resources: Resources,
+    /// Where the top process's stdin comes from (its end closes the input).
+    pub stdin: Option<UnixStream>,
 }
 
 /// Runs a deployed job's bridge until the job has ended, printing its output on

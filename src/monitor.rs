@@ -36,6 +36,9 @@ pub(crate) struct Setup {
     /// On a cluster: the pipe the node daemon writes lease deadlines to, as
     /// little-endian `u64` nanoseconds of the monotonic clock.
     pub(crate) lease: Option<OwnedFd>,
+    /// On a cluster, for the top process: the write end of its stdin, fed by
+    /// `Command::Stdin`.
+    pub(crate) stdin: Option<OwnedFd>,
     pub(crate) stdout: OwnedFd,
     pub(crate) stderr: OwnedFd,
     pub(crate) panic: OwnedFd,
@@ -53,7 +56,8 @@ struct Stream {
 
 /// Runs the monitor until its process has ended and been reported; never returns.
 pub(crate) fn run(setup: Setup) -> ! {
-    let Setup { child, mut bridge, lease, stdout, stderr, panic, resources, cgroup } = setup;
+    let Setup { child, mut bridge, lease, stdin, stdout, stderr, panic, resources, cgroup } = setup;
+    let mut stdin = stdin.map(|fd| StdinFeed { fd, pending: Vec::new(), ended: false });
     let mut lease = lease.map(|fd| Lease { fd, deadline: None, partial: Vec::new() });
     let pidfd = match sys::pidfd_open(child) {
         Ok(fd) => fd,
@@ -107,6 +111,8 @@ pub(crate) fn run(setup: Setup) -> ! {
         fds.push((bridge.as_raw_fd(), libc::POLLIN));
         fds.push((if ended.is_none() { pidfd.as_raw_fd() } else { -1 }, libc::POLLIN));
         fds.push((lease.as_ref().map_or(-1, |l| l.fd.as_raw_fd()), libc::POLLIN));
+        let feeding = stdin.as_ref().filter(|s| !s.pending.is_empty());
+        fds.push((feeding.map_or(-1, |s| s.fd.as_raw_fd()), libc::POLLOUT));
         let ready = match sys::poll(&fds, timeout) {
             Ok(ready) => ready,
             Err(_) => {
@@ -150,11 +156,30 @@ pub(crate) fn run(setup: Setup) -> ! {
                         let _ = sys::kill(child, libc::SIGTERM);
                         kill_at = timeout.map(|t| Instant::now() + t);
                     }
+                    Ok(Command::Stdin { data }) => {
+                        if let Some(feed) = &mut stdin {
+                            feed.ended |= data.is_empty();
+                            feed.pending.extend_from_slice(&data);
+                        }
+                    }
                     // A corrupt command cannot be trusted to mean anything.
                     Err(_) => {}
                 }
             }
             commands.drain(..pos);
+        }
+        if let Some(feed) = &mut stdin {
+            if ready[6] != 0 && !feed.pending.is_empty() {
+                match sys::write(feed.fd.as_raw_fd(), &feed.pending) {
+                    Ok(n) => drop(feed.pending.drain(..n)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // The process closed its stdin: what is left has no reader.
+                    Err(_) => feed.pending.clear(),
+                }
+            }
+            if feed.ended && feed.pending.is_empty() {
+                stdin = None;
+            }
         }
         if ready[5] != 0 {
             if let Some(held) = &mut lease {
@@ -186,6 +211,14 @@ pub(crate) fn run(setup: Setup) -> ! {
     // After the report, so the process's end is not held up by it.
     sys::remove_cgroups(&cgroup);
     sys::exit_now(0)
+}
+
+/// What is still to be written to the process's stdin.
+struct StdinFeed {
+    fd: OwnedFd,
+    pending: Vec<u8>,
+    /// Whether the input has ended (the pipe closes once `pending` is written).
+    ended: bool,
 }
 
 /// The node's lease, as this monitor holds it.

@@ -100,6 +100,9 @@ pub(crate) enum Command {
     /// Send the process SIGTERM, and SIGKILL after `timeout` (never if `None`);
     /// report `status` unless it panicked.
     Terminate { timeout: Option<Duration>, status: ExitStatus },
+    /// Bytes for the process's stdin (a deployed job's top process); empty: the
+    /// end of its input.
+    Stdin { data: Vec<u8> },
 }
 
 /// What a monitor tells the bridge about its process.

@@ -330,6 +330,17 @@ fn become_process(
     let (out_read, out_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
     let (err_read, err_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
     let (panic_read, panic_write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
+    // A deployed job's top process reads the stdin `cargo deploy` forwards, which
+    // its monitor receives from the bridge.
+    let (stdin, stdin_feed) = if start.bridge_addr.is_some() && start.parent.is_none() {
+        let (read, write) = sys::pipe().unwrap_or_else(|e| fail("making a pipe", e));
+        if let Err(error) = sys::set_nonblocking(write.as_raw_fd()) {
+            fail("making a pipe", error);
+        }
+        (Some(read), Some(write))
+    } else {
+        (stdin, None)
+    };
     let monitor_os_pid = sys::getpid();
     // SAFETY: init checked that this process has a single thread.
     match unsafe { sys::fork() }.unwrap_or_else(|e| fail("cannot fork the process from its monitor", e)) {
@@ -340,6 +351,7 @@ fn become_process(
                 child,
                 bridge: monitor_end,
                 lease,
+                stdin: stdin_feed,
                 stdout: out_read,
                 stderr: err_read,
                 panic: panic_read,
@@ -348,7 +360,7 @@ fn become_process(
             })
         }
         sys::Fork::Child => {
-            drop((monitor_end, out_read, err_read, panic_read, lease));
+            drop((monitor_end, out_read, err_read, panic_read, lease, stdin_feed));
             let redirect = |from: &OwnedFd, to: RawFd| {
                 if let Err(error) = sys::dup2(from.as_raw_fd(), to) {
                     fail("redirecting the process's standard streams", error);

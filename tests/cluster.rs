@@ -197,3 +197,15 @@ fn a_stopped_node_has_its_processes_fenced_by_their_monitors() {
     let finished = running.finish();
     finished.assert_nothing_left();
 }
+
+#[test]
+fn stdin_reaches_the_deployed_top_process() {
+    let node = util::cluster::Node { ip: "127.0.0.2", mem: "2 GiB", cpu: 1.0 };
+    let cluster = Cluster::start(&[node], &[]);
+    let finished = cluster.deploy("scenarios", &["stdin_echo"]).stdin(b"one\ntwo\n").run();
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr_text());
+    assert_eq!(finished.all_stdout(), "ONE\nTWO\nend of input\n");
+    // Without input, the top process sees its end at once.
+    let finished = cluster.deploy("scenarios", &["stdin_echo"]).run();
+    assert_eq!(finished.all_stdout(), "end of input\n");
+}

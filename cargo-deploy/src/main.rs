@@ -8,7 +8,7 @@ use constellation_fabric::{
     wire::{hash_hex, read_frame, write_frame, FromBridge, ToBridge, CHUNK, MAX_FRAME},
 };
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream, ToSocketAddrs},
     path::PathBuf,
     process::{Command, ExitCode, Stdio},
@@ -107,7 +107,9 @@ fn run(cli: Cli) -> Result<i32, String> {
         stream.write_all(chunk).map_err(lost)?;
     }
     drop(bytes);
-    forward_ctrl_c(&stream)?;
+    let writer = Arc::new(Mutex::new(stream.try_clone().map_err(|e| e.to_string())?));
+    forward_ctrl_c(writer.clone())?;
+    forward_stdin(writer);
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     loop {
@@ -146,10 +148,29 @@ fn connect(addr: &str) -> Result<TcpStream, String> {
     ))
 }
 
+/// Sends this process's stdin to the job's top process, then its end.
+fn forward_stdin(writer: Arc<Mutex<TcpStream>>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let data = match stdin.read(&mut buf) {
+                Ok(n) => buf[..n].to_vec(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => Vec::new(),
+            };
+            let end = data.is_empty();
+            let sent = writer.lock().map(|mut w| write_frame(&mut *w, &ToBridge::Stdin { data }).is_ok());
+            if end || !sent.unwrap_or(false) {
+                return;
+            }
+        }
+    });
+}
+
 /// Sends Stop to the bridge on each Ctrl-C; the job's processes end and the bridge
 /// reports the exit code as for a local run.
-fn forward_ctrl_c(stream: &TcpStream) -> Result<(), String> {
-    let writer = Arc::new(Mutex::new(stream.try_clone().map_err(|e| e.to_string())?));
+fn forward_ctrl_c(writer: Arc<Mutex<TcpStream>>) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .map_err(|e| format!("handling Ctrl-C: {e}"))?;
     std::thread::spawn(move || {

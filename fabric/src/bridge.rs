@@ -11,7 +11,7 @@ use constellation::{cluster, Resources};
 use parking_lot::Mutex;
 use std::{
     fs::File,
-    io::{self, Read},
+    io::{self, Read, Write},
     net::TcpStream,
     os::{
         fd::{AsRawFd, FromRawFd, RawFd},
@@ -60,7 +60,15 @@ pub fn run(fds: &str) -> ! {
             std::process::exit(1)
         }
     };
-    watch_client(&deploy);
+    let (stdin_ours, stdin_theirs) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(error) => {
+            let message = format!("making the job's input: {error}");
+            let _ = write_frame(&mut *deploy.lock(), &FromBridge::Error { message });
+            std::process::exit(1)
+        }
+    };
+    watch_client(&deploy, stdin_ours);
     let mut args = vec![settings.name.into_bytes()];
     args.extend(settings.args.into_iter().map(String::into_bytes));
     let vars = settings.vars.into_iter().map(|(k, v)| (k.into_bytes(), v.into_bytes())).collect();
@@ -71,6 +79,7 @@ pub fn run(fds: &str) -> ! {
         args,
         vars,
         resources,
+        stdin: Some(stdin_theirs),
     });
     // Close this process's ends of the output pipes so the relays see their end.
     if let Ok(null) = File::open("/dev/null") {
@@ -166,14 +175,23 @@ fn redirect_output(deploy: &Arc<Mutex<TcpStream>>) -> io::Result<Vec<std::thread
     Ok(relays)
 }
 
-/// Stops the job when `cargo deploy` asks (Ctrl-C: as SIGINT does locally) or
-/// disconnects (as SIGTERM).
-fn watch_client(deploy: &Arc<Mutex<TcpStream>>) {
+/// Passes `cargo deploy`'s input on to the job (through `stdin`), and stops the
+/// job when it asks (Ctrl-C: as SIGINT does locally) or disconnects (as SIGTERM).
+fn watch_client(deploy: &Arc<Mutex<TcpStream>>, stdin: UnixStream) {
     let Ok(mut reader) = deploy.lock().try_clone() else { return };
     let _ = std::thread::Builder::new().name("client".into()).spawn(move || {
+        let mut stdin = Some(stdin);
         let signal = loop {
             match read_frame::<ToBridge>(&mut reader, MAX_FRAME) {
                 Ok(ToBridge::Stop) => break libc::SIGINT,
+                Ok(ToBridge::Stdin { data }) if data.is_empty() => stdin = None,
+                Ok(ToBridge::Stdin { data }) => {
+                    if let Some(pipe) = &mut stdin {
+                        if pipe.write_all(&data).is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
                 Ok(_) => {}
                 Err(_) => break libc::SIGTERM,
             }

@@ -227,6 +227,7 @@ impl Bridge {
                     }
                     remote::SCHEDULER => self.on_scheduler_event(event),
                     remote::LISTENER => self.accept_processes(),
+                    remote::STDIN => self.read_stdin(),
                     Token(key) => {
                         if event.is_writable() {
                             self.flush(key);
@@ -243,6 +244,8 @@ impl Bridge {
             }
             if self.remote.is_none() {
                 self.prepare_cgroups();
+            } else {
+                self.feed_stdin();
             }
         }
         self.remove_cgroups();

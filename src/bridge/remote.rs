@@ -30,6 +30,8 @@ use std::{
 pub(super) const SCHEDULER: Token = Token(usize::MAX - 10);
 /// The token of the port remote processes connect to.
 pub(super) const LISTENER: Token = Token(usize::MAX - 11);
+/// The token of the top process's input.
+pub(super) const STDIN: Token = Token(usize::MAX - 12);
 
 /// A spawn the scheduler has not answered yet.
 #[derive(Debug)]
@@ -57,6 +59,12 @@ pub(super) struct Remote {
     pending: HashMap<u64, Pending>,
     /// Admitted processes, by incarnation.
     admitted: HashMap<u64, Pid>,
+    /// The top process's input, and what of it its monitor has not been sent.
+    stdin: Option<UnixStream>,
+    stdin_buf: Vec<u8>,
+    /// Whether the input has ended, and whether the top process has been told.
+    stdin_ended: bool,
+    stdin_closed: bool,
 }
 
 impl Remote {
@@ -68,7 +76,7 @@ impl Remote {
 
 impl Bridge {
     pub(super) fn new_deployed(deployment: Deployment) -> io::Result<Bridge> {
-        let Deployment { scheduler, bind, json, args, vars, resources } = deployment;
+        let Deployment { scheduler, bind, json, args, vars, resources, stdin } = deployment;
         let listener = sys::bind_ephemeral(bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -82,6 +90,16 @@ impl Bridge {
         bridge.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         bridge.poll.registry().register(&mut scheduler, SCHEDULER, Interest::READABLE | Interest::WRITABLE)?;
         let environment = Environment { args, vars, cwd: Vec::new() };
+        let stdin = match stdin {
+            Some(stdin) => {
+                stdin.set_nonblocking(true)?;
+                let mut stdin = UnixStream::from_std(stdin);
+                bridge.poll.registry().register(&mut stdin, STDIN, Interest::READABLE)?;
+                Some(stdin)
+            }
+            None => None,
+        };
+        let stdin_ended = stdin.is_none();
         bridge.remote = Some(Remote {
             scheduler,
             rbuf: Vec::new(),
@@ -90,6 +108,10 @@ impl Bridge {
             addr,
             pending: HashMap::new(),
             admitted: HashMap::new(),
+            stdin,
+            stdin_buf: Vec::new(),
+            stdin_ended,
+            stdin_closed: false,
         });
         bridge.next_incarnation = 1;
         let options = SpawnOptions::default();
@@ -156,10 +178,10 @@ impl Bridge {
         if let Some(remote) = &mut self.remote {
             remote.pending.insert(incarnation, pending);
         }
-        self.to_scheduler(&ToScheduler::Place { id: incarnation, resources, queue, image });
+        self.ask_scheduler(&ToScheduler::Place { id: incarnation, resources, queue, image });
     }
 
-    fn to_scheduler(&mut self, message: &ToScheduler) {
+    fn ask_scheduler(&mut self, message: &ToScheduler) {
         let Some(remote) = &mut self.remote else { return };
         if let Err(error) = codec::append_frame(&mut remote.wbuf, KIND_MESSAGE, message) {
             self.printer.warning(&format!("encoding a message to the scheduler: {error}"));
@@ -374,6 +396,53 @@ impl Bridge {
         }
     }
 
+    /// Reads the top process's input as it comes.
+    pub(super) fn read_stdin(&mut self) {
+        let Some(remote) = &mut self.remote else { return };
+        let Some(stdin) = &mut remote.stdin else { return };
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match stdin.read(&mut chunk) {
+                Ok(0) => {
+                    remote.stdin_ended = true;
+                    break;
+                }
+                Ok(n) => remote.stdin_buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    remote.stdin_ended = true;
+                    break;
+                }
+            }
+        }
+        if let Some(mut stdin) = remote.stdin.take() {
+            let _ = self.poll.registry().deregister(&mut stdin);
+        }
+    }
+
+    /// Sends the input read so far to the top process's monitor, once it has
+    /// connected; then its end.
+    pub(super) fn feed_stdin(&mut self) {
+        let top = self.top;
+        if self.procs.get(&top).and_then(|p| p.monitor).is_none() {
+            return;
+        }
+        let Some(remote) = &mut self.remote else { return };
+        if remote.stdin_closed || (remote.stdin_buf.is_empty() && !remote.stdin_ended) {
+            return;
+        }
+        let data = std::mem::take(&mut remote.stdin_buf);
+        let close = remote.stdin_ended;
+        remote.stdin_closed = close;
+        if !data.is_empty() {
+            self.command(top, &crate::proto::Command::Stdin { data });
+        }
+        if close {
+            self.command(top, &crate::proto::Command::Stdin { data: Vec::new() });
+        }
+    }
+
     /// A job whose every live process waits for room would wait forever: its
     /// queued spawns are answered `NoCapacity` instead.
     pub(super) fn check_starved(&mut self) {
@@ -385,7 +454,7 @@ impl Bridge {
         let starved = self.procs.iter().filter(|(_, p)| p.status.is_none()).all(|(pid, _)| waiting.contains(pid));
         if starved {
             let ids = remote.pending.iter().filter(|(_, p)| p.queued).map(|(&id, _)| id).collect();
-            self.to_scheduler(&ToScheduler::Withdraw { ids });
+            self.ask_scheduler(&ToScheduler::Withdraw { ids });
         }
     }
 }

@@ -262,6 +262,26 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Writes what `fd` takes now of `bytes` (it may be non-blocking).
+pub(crate) fn write(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: bytes is a valid buffer of its length.
+        match cvt(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Makes reads and writes of `fd` return at once instead of waiting.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on any fd number is memory-safe.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+}
+
 /// Polls `fds` (fd, events) for up to `timeout`; returns the ready events of each.
 pub(crate) fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i16>> {
     let mut pollfds: Vec<libc::pollfd> =
