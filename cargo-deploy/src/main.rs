@@ -3,17 +3,11 @@
 //! job on Ctrl-C, and exits with the top process's exit code.
 
 use clap::Parser;
-use constellation_fabric::{
-    auth::{self, Role},
-    wire::{hash_hex, read_frame, write_frame, FromBridge, ToBridge, CHUNK, MAX_FRAME},
-};
+use constellation_fabric::{auth, client::Deploy, wire::ToBridge};
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream, ToSocketAddrs},
     path::PathBuf,
     process::{Command, ExitCode, Stdio},
-    sync::{Arc, Mutex},
-    time::Duration,
 };
 
 /// Build a constellation program and run it on a cluster.
@@ -85,8 +79,6 @@ fn run(cli: Cli) -> Result<i32, String> {
         Some(path) => path.clone(),
         None => build(&cli)?,
     };
-    let bytes = std::fs::read(&binary).map_err(|e| format!("cannot read {}: {e}", binary.display()))?;
-    let name = binary.file_name().map_or_else(|| "program".into(), |n| n.to_string_lossy().into_owned());
     let mut vars = Vec::new();
     for var in &cli.env {
         match std::env::var(var) {
@@ -95,61 +87,24 @@ fn run(cli: Cli) -> Result<i32, String> {
         }
     }
     let json = std::env::var("CONSTELLATION_FORMAT").is_ok_and(|f| f == "json");
-    let mut stream = connect(&cli.bridge_addr)?;
-    auth::connect(&mut stream, &cookie, Role::Deploy).map_err(|e| format!("the bridge at {}: {e}", cli.bridge_addr))?;
-    let _ = stream.set_nodelay(true);
-    let lost = |e: std::io::Error| format!("sending the binary to the bridge at {}: {e}", cli.bridge_addr);
     let deploy =
-        ToBridge::Deploy { name, args: cli.args.clone(), vars, json, size: bytes.len() as u64, hash: hash_hex(&bytes) };
-    write_frame(&mut stream, &deploy).map_err(lost)?;
-    for chunk in bytes.chunks(CHUNK) {
-        write_frame(&mut stream, &ToBridge::Chunk { len: chunk.len() as u32 }).map_err(lost)?;
-        stream.write_all(chunk).map_err(lost)?;
-    }
-    drop(bytes);
-    let writer = Arc::new(Mutex::new(stream.try_clone().map_err(|e| e.to_string())?));
-    forward_ctrl_c(writer.clone())?;
-    forward_stdin(writer);
+        Deploy { bridge: &cli.bridge_addr, cookie: &cookie, binary: &binary, args: cli.args.clone(), vars, json };
+    let deployed = deploy.start()?;
+    forward_ctrl_c(deployed.sender())?;
+    forward_stdin(deployed.sender());
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    loop {
-        match read_frame::<FromBridge>(&mut stream, MAX_FRAME) {
-            Ok(FromBridge::Output { fd, data }) => {
-                // Nowhere to report a closed terminal; the job goes on.
-                let _ = match fd {
-                    1 => stdout.lock().write_all(&data).and_then(|()| stdout.lock().flush()),
-                    _ => stderr.lock().write_all(&data),
-                };
-            }
-            Ok(FromBridge::Exit { code }) => return Ok(code),
-            Ok(FromBridge::Error { message }) => return Err(message),
-            Err(error) => {
-                return Err(format!("the connection to the bridge was lost before the job ended: {error}"));
-            }
-        }
-    }
-}
-
-fn connect(addr: &str) -> Result<TcpStream, String> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr:?} is not an address of a bridge (IP:PORT or HOST:PORT): {e}"))?
-        .collect();
-    let mut last = None;
-    for candidate in addrs {
-        match TcpStream::connect_timeout(&candidate, Duration::from_secs(10)) {
-            Ok(stream) => return Ok(stream),
-            Err(error) => last = Some(error),
-        }
-    }
-    Err(format!(
-        "cannot reach the bridge at {addr}: {} (is `constellation ADDR nodes.toml` running, with bridge_bind = \"{addr}\"?)",
-        last.map_or_else(|| "no address".to_string(), |e| e.to_string())
-    ))
+    deployed.wait(|fd, data| {
+        // Nowhere to report a closed terminal; the job goes on.
+        let _ = match fd {
+            1 => stdout.lock().write_all(data).and_then(|()| stdout.lock().flush()),
+            _ => stderr.lock().write_all(data),
+        };
+    })
 }
 
 /// Sends this process's stdin to the job's top process, then its end.
-fn forward_stdin(writer: Arc<Mutex<TcpStream>>) {
+fn forward_stdin(send: impl Fn(&ToBridge) -> bool + Send + 'static) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         let mut stdin = std::io::stdin().lock();
@@ -160,8 +115,7 @@ fn forward_stdin(writer: Arc<Mutex<TcpStream>>) {
                 Err(_) => Vec::new(),
             };
             let end = data.is_empty();
-            let sent = writer.lock().map(|mut w| write_frame(&mut *w, &ToBridge::Stdin { data }).is_ok());
-            if end || !sent.unwrap_or(false) {
+            if !send(&ToBridge::Stdin { data }) || end {
                 return;
             }
         }
@@ -170,14 +124,12 @@ fn forward_stdin(writer: Arc<Mutex<TcpStream>>) {
 
 /// Sends Stop to the bridge on each Ctrl-C; the job's processes end and the bridge
 /// reports the exit code as for a local run.
-fn forward_ctrl_c(writer: Arc<Mutex<TcpStream>>) -> Result<(), String> {
+fn forward_ctrl_c(send: impl Fn(&ToBridge) -> bool + Send + 'static) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .map_err(|e| format!("handling Ctrl-C: {e}"))?;
     std::thread::spawn(move || {
         for _ in signals.forever() {
-            if let Ok(mut writer) = writer.lock() {
-                let _ = write_frame(&mut *writer, &ToBridge::Stop);
-            }
+            send(&ToBridge::Stop);
         }
     });
     Ok(())

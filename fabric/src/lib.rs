@@ -8,10 +8,12 @@
 //! - [`node`]: the node role (binaries, processes, the lease).
 //! - [`master`]: placement, node heartbeats and loss.
 //! - [`deploy`]: the bridge daemon, and [`bridge`]: one deployment's bridge.
+//! - [`client`]: the deploying side, for `cargo deploy`.
 //! - [`auth`], [`wire`], [`config`]: cookies, frames and messages, `nodes.toml`.
 
 pub mod auth;
 pub mod bridge;
+pub mod client;
 pub mod config;
 pub mod deploy;
 pub mod logger;
