@@ -114,7 +114,7 @@ impl LoopbackCluster {
         let dir = std::env::temp_dir().join(format!("constellation-bench-cluster-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("making the bench's directory");
         let mut daemons = Vec::new();
-        let mut start = |args: Vec<String>, prefix: &str, daemons: &mut Vec<Child>| {
+        let start = |args: Vec<String>, prefix: &str, daemons: &mut Vec<Child>| {
             let mut child = Command::new(daemon)
                 .args(args)
                 .stdout(Stdio::piped())
