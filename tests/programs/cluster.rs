@@ -13,8 +13,12 @@ fn main() {
         // A program that takes too long to reach init.
         std::thread::sleep(Duration::from_secs(60));
     }
-    init(Resources::default());
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The partition test needs the top process and the supervisor on the node
+    // that stays connected: they ask for more memory than the other node has.
+    let big = Resources { mem: 3 * Mem::GIB, ..Resources::default() };
+    let partitionable = args.first().is_some_and(|a| a == "partitionable");
+    init(if partitionable { big } else { Resources::default() });
     let scenario = args.first().cloned().unwrap_or_default();
     let number = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
     match scenario.as_str() {
@@ -51,10 +55,10 @@ fn main() {
         }
         // A supervised worker that runs until the job is stopped; each life says
         // where it runs and its OS pid.
-        "supervised" => {
+        "supervised" | "partitionable" => {
             let worker = Child::new(
                 "worker",
-                Resources::default(),
+                Resources { mem: Mem::GIB, ..Resources::default() },
                 FnOnce!(|_supervisor: Pid| {
                     println!("worker on {} os {}", pid().addr().ip(), std::process::id());
                     loop {
@@ -65,7 +69,7 @@ fn main() {
             let _supervisor = Supervisor::new(OneForOne)
                 .intensity(5, Duration::from_secs(60))
                 .child(worker)
-                .spawn(Resources::default())
+                .spawn(if partitionable { big } else { Resources::default() })
                 .block()
                 .expect("spawning the supervisor");
             println!("top on {}", ip());

@@ -39,7 +39,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(mut command: Command, first_line_prefix: &str) -> Daemon {
+    /// Runs `command`, waiting for the line of its stdout that starts with
+    /// `first_line_prefix` and holds its address.
+    pub fn start(mut command: Command, first_line_prefix: &str) -> Daemon {
         command.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         let mut child = command.spawn().expect("starting a daemon");
         let stdout = child.stdout.take().expect("piped");
@@ -181,18 +183,7 @@ impl Cluster {
     /// `cargo deploy OPTIONS` of example `name` with `args` (no cookie unless
     /// `options` has one).
     pub fn deploy_with(&self, name: &str, options: &[&str], args: &[&str]) -> Job {
-        let mut command = Command::new(workspace_binary("cargo-deploy"));
-        command
-            .arg("deploy")
-            .args(options)
-            .arg("--binary")
-            .arg(super::example(name))
-            .args(["--env", "SCENARIO_MARKER"])
-            .arg(&self.master.addr)
-            .arg("--")
-            .args(args);
-        command.env_remove("RUST_BACKTRACE");
-        Job { command, format: "json".into(), stdin: None, deadline: DEADLINE }
+        deploy_to(&self.master.addr, name, options, args)
     }
 
     /// The logs of every daemon, for failure messages.
@@ -203,6 +194,22 @@ impl Cluster {
         }
         logs
     }
+}
+
+/// `cargo deploy OPTIONS` of example `name` with `args` to the bridge at `bridge`.
+pub fn deploy_to(bridge: &str, name: &str, options: &[&str], args: &[&str]) -> Job {
+    let mut command = Command::new(workspace_binary("cargo-deploy"));
+    command
+        .arg("deploy")
+        .args(options)
+        .arg("--binary")
+        .arg(super::example(name))
+        .args(["--env", "SCENARIO_MARKER"])
+        .arg(bridge)
+        .arg("--")
+        .args(args);
+    command.env_remove("RUST_BACKTRACE");
+    Job { command, format: "json".into(), stdin: None, deadline: DEADLINE }
 }
 
 impl Drop for Cluster {
