@@ -19,7 +19,7 @@ use std::{
 ///
 /// Examples:
 ///
-///   cargo deploy --release --example fibonacci 127.0.0.1:12361 -- 30
+///   cargo deploy --release --example fibonacci 127.0.0.1:12361 -- 10
 ///
 ///   cargo deploy --cookie-file ~/.constellation-cookie --bin server --env RUST_LOG 10.0.0.1:12361
 ///
