@@ -5,7 +5,7 @@
 //!
 //! Not part of the user-facing API: it changes with the daemons.
 
-use crate::{bridge, proto::FDS_VAR, runtime, sys, Resources, SpawnError};
+use crate::{bridge, proto::FDS_VAR, runtime, sys, Placement, Resources, SpawnError};
 use serde::{Deserialize, Serialize};
 use std::{
     io,
@@ -19,7 +19,7 @@ pub enum ToScheduler {
     /// Start a process somewhere with room for `resources`. If nothing has room
     /// now: refuse with `NoCapacity` unless `queue`, else answer `Queued` and
     /// place it when something frees. `id` names the process in the answers.
-    Place { id: u64, resources: Resources, queue: bool, image: ProcessImage },
+    Place { id: u64, resources: Resources, queue: bool, placement: Placement, image: ProcessImage },
     /// Give up these queued placements: answer each with `NoCapacity`.
     Withdraw { ids: Vec<u64> },
 }

@@ -8,8 +8,8 @@
 //! limited too (`cpu_time`, enforced with `RLIMIT_CPU`).
 
 use crate::{
-    spawn::SpawnOptions, sys, Block, ExitStatus, Mem, Monitor, Pid, ProcessFn, Receiver, Resources, Sender, Spawn,
-    SpawnError,
+    spawn::SpawnOptions, sys, Block, ExitStatus, Mem, Monitor, Pid, Placement, ProcessFn, Receiver, Resources, Sender,
+    Spawn, SpawnError,
 };
 use futures::{stream::FuturesUnordered, Stream, StreamExt};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -147,17 +147,18 @@ where
     F: serde_closure::traits::FnOnce<(), Output = T> + Serialize + DeserializeOwned + 'static,
     T: Serialize + DeserializeOwned + 'static,
 {
-    Job::start(resources, f, None)
+    Job::start(resources, f, None, Placement::default())
 }
 
 impl<T: Serialize + DeserializeOwned + 'static> Job<T> {
-    fn start<F>(resources: Resources, f: F, cpu_time: Option<Duration>) -> Job<T>
+    fn start<F>(resources: Resources, f: F, cpu_time: Option<Duration>, placement: Placement) -> Job<T>
     where
         F: serde_closure::traits::FnOnce<(), Output = T> + Serialize + DeserializeOwned + 'static,
     {
         let start = move |cpu_time| {
             let body = JobBody { f, cpu_time, value: PhantomData };
-            let mut spawn = ProcessFn::new(body).spawn_monitored(resources, SpawnOptions::default());
+            let options = SpawnOptions { placement, ..SpawnOptions::default() };
+            let mut spawn = ProcessFn::new(body).spawn_monitored(resources, options);
             spawn.kill_if_dropped = true;
             spawn
         };
@@ -279,6 +280,7 @@ pub struct Fanout<F> {
     concurrency: Option<usize>,
     retries: u32,
     cpu_time: Option<Duration>,
+    placement: Placement,
 }
 
 /// What a fan-out process runs: the closure on one input.
@@ -302,7 +304,7 @@ where
 impl<F> Fanout<F> {
     /// A fan-out of `f` over inputs, each run with `resources`.
     pub fn new(resources: Resources, f: F) -> Fanout<F> {
-        Fanout { resources, f, concurrency: None, retries: 0, cpu_time: None }
+        Fanout { resources, f, concurrency: None, retries: 0, cpu_time: None, placement: Placement::default() }
     }
 
     /// Runs at most `n` processes at once (by default, as many as this machine
@@ -316,6 +318,14 @@ impl<F> Fanout<F> {
     /// node, so a node failure costs time, not results.
     pub fn retries(mut self, n: u32) -> Fanout<F> {
         self.retries = n;
+        self
+    }
+
+    /// How a cluster's master spreads the processes over its nodes (by default
+    /// [`Placement::LeastLoaded`]; [`Placement::RoundRobin`] takes the nodes in
+    /// turn).
+    pub fn placement(mut self, placement: Placement) -> Fanout<F> {
+        self.placement = placement;
         self
     }
 
@@ -342,7 +352,7 @@ impl<F> Fanout<F> {
                 while running.len() < concurrency {
                     let Some((index, input, attempt)) = queue.pop_front() else { break };
                     let apply = Apply { f: self.f.clone(), input: input.clone() };
-                    let job = Job::start(self.resources, apply, self.cpu_time);
+                    let job = Job::start(self.resources, apply, self.cpu_time, self.placement);
                     running.push(async move { (index, input, attempt, job.await) });
                 }
                 match running.next().await {

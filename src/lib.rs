@@ -66,4 +66,4 @@ pub use pool::{Pool, PoolRun};
 pub use resources::{Cpu, Mem, ParseResourceError, Resources};
 pub use runtime::{init, pid, resources};
 pub use serde_closure::{Fn, FnMut, FnOnce};
-pub use spawn::{spawn, try_spawn, ProcessFn, Spawn, SpawnError, SpawnOptions};
+pub use spawn::{spawn, try_spawn, Placement, ProcessFn, Spawn, SpawnError, SpawnOptions};

@@ -145,6 +145,19 @@ pub struct SpawnOptions {
     pub bind: bool,
     /// Register the new process under this name as it starts.
     pub register: Option<String>,
+    /// How a cluster's master chooses the node (one machine has one node).
+    pub placement: Placement,
+}
+
+/// How a cluster's master chooses a node for a new process, among the nodes with
+/// room for its `Resources`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Placement {
+    /// The node least loaded now (by its CPU share and memory in use).
+    #[default]
+    LeastLoaded,
+    /// The nodes in turn, per job: each placement goes to the next node with room.
+    RoundRobin,
 }
 
 /// A closure to run in new processes, stored as its trampoline and serialised

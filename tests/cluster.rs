@@ -214,3 +214,23 @@ fn stdin_reaches_the_deployed_top_process() {
     let finished = cluster.deploy("scenarios", &["stdin_echo"]).run();
     assert_eq!(finished.all_stdout(), "end of input\n");
 }
+
+#[test]
+fn a_round_robin_fanout_spreads_and_survives_a_node_killed_midway() {
+    let cluster = Cluster::three_nodes(&FAST_LEASES);
+    // Round-robin: every node gets inputs.
+    let finished = cluster.deploy("cluster_scenarios", &["fanout", "12", "0"]).run();
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr_text());
+    assert_eq!(finished.line("results:"), "results: 12 of 12 right");
+    assert_eq!(finished.line("ips:"), "ips: 127.0.0.2,127.0.0.3,127.0.0.4");
+    // The top process lands on the first node; kill the last while inputs run there.
+    let running = cluster.deploy("cluster_scenarios", &["fanout", "18", "1500"]).start();
+    running.wait_for_stdout("fanout started", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(700));
+    node_at(&cluster, "127.0.0.4").signal(libc::SIGKILL);
+    let finished = running.finish();
+    assert_eq!(finished.code, Some(0), "{}\n{}", finished.stderr_text(), cluster.logs());
+    assert_eq!(finished.line("results:"), "results: 18 of 18 right", "every input came back despite the lost node");
+    assert!(finished.exits().values().any(|s| s["lost"] == true), "some inputs were lost and retried");
+    finished.assert_nothing_left();
+}

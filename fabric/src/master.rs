@@ -13,7 +13,7 @@ use crate::{
 };
 use constellation::{
     cluster::{FromScheduler, ProcessImage, ToScheduler},
-    Resources, SpawnError,
+    Placement, Resources, SpawnError,
 };
 use parking_lot::Mutex;
 use std::{
@@ -80,6 +80,8 @@ impl NodeState {
 
 struct Job {
     bridge: Arc<Mutex<UnixStream>>,
+    /// The node after the one its last round-robin placement went to.
+    next_node: usize,
     hash: String,
     binary: PathBuf,
     /// Each live process's node and resources.
@@ -90,6 +92,7 @@ struct Waiting {
     job: u64,
     id: u64,
     resources: Resources,
+    placement: Placement,
     image: ProcessImage,
 }
 
@@ -352,15 +355,27 @@ impl Master {
         }
     }
 
-    /// Picks the least loaded node with room and reserves the room there.
-    fn reserve(&self, resources: &Resources) -> Option<usize> {
+    /// Picks a node with room for a process of `job` (the least loaded, or the
+    /// next in turn) and reserves the room there.
+    fn reserve(&self, state: &mut State, job: u64, resources: &Resources, placement: Placement) -> Option<usize> {
         let mut nodes = self.nodes.lock();
-        let index = nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.fits(resources))
-            .min_by(|(_, a), (_, b)| a.load().total_cmp(&b.load()).then(a.processes.cmp(&b.processes)))
-            .map(|(index, _)| index)?;
+        let index = match placement {
+            Placement::LeastLoaded => nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.fits(resources))
+                .min_by(|(_, a), (_, b)| a.load().total_cmp(&b.load()).then(a.processes.cmp(&b.processes)))
+                .map(|(index, _)| index)?,
+            Placement::RoundRobin => {
+                let entry = state.jobs.get_mut(&job)?;
+                let count = nodes.len();
+                let index = (0..count)
+                    .map(|step| (entry.next_node + step) % count)
+                    .find(|&index| nodes[index].fits(resources))?;
+                entry.next_node = index + 1;
+                index
+            }
+        };
         let node = &mut nodes[index];
         node.used_mem += resources.mem.bytes();
         node.used_cpu += resources.cpu.cores();
@@ -384,7 +399,7 @@ impl Master {
             let mut state = self.state.lock();
             let job = state.next_job;
             state.next_job += 1;
-            state.jobs.insert(job, Job { bridge, hash, binary, processes: HashMap::new() });
+            state.jobs.insert(job, Job { bridge, hash, binary, next_node: 0, processes: HashMap::new() });
             job
         };
         let master = self.clone();
@@ -395,7 +410,9 @@ impl Master {
     fn read_bridge(self: Arc<Self>, job: u64, mut stream: UnixStream) {
         loop {
             match read_frame::<ToScheduler>(&mut stream, MAX_BRIDGE_FRAME) {
-                Ok(ToScheduler::Place { id, resources, queue, image }) => self.place(job, id, resources, queue, image),
+                Ok(ToScheduler::Place { id, resources, queue, placement, image }) => {
+                    self.place(job, id, resources, queue, placement, image)
+                }
                 Ok(ToScheduler::Withdraw { ids }) => {
                     let withdrawn: Vec<u64> = {
                         let mut state = self.state.lock();
@@ -452,16 +469,19 @@ impl Master {
         self.place_waiting();
     }
 
-    fn place(&self, job: u64, id: u64, resources: Resources, queue: bool, image: ProcessImage) {
-        match self.reserve(&resources) {
-            Some(node) => {
-                if let Some(entry) = self.state.lock().jobs.get_mut(&job) {
-                    entry.processes.insert(id, (node, resources));
-                }
-                self.dispatch(Dispatch { node, job, id, image });
+    fn place(&self, job: u64, id: u64, resources: Resources, queue: bool, placement: Placement, image: ProcessImage) {
+        let placed = {
+            let mut state = self.state.lock();
+            let node = self.reserve(&mut state, job, &resources, placement);
+            if let (Some(node), Some(entry)) = (node, state.jobs.get_mut(&job)) {
+                entry.processes.insert(id, (node, resources));
             }
+            node
+        };
+        match placed {
+            Some(node) => self.dispatch(Dispatch { node, job, id, image }),
             None if queue && self.could_ever_fit(&resources) => {
-                self.state.lock().queue.push_back(Waiting { job, id, resources, image });
+                self.state.lock().queue.push_back(Waiting { job, id, resources, placement, image });
                 self.tell_bridge(job, &FromScheduler::Queued { id });
             }
             None => self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::NoCapacity }),
@@ -475,8 +495,9 @@ impl Master {
             let mut ready = Vec::new();
             let mut index = 0;
             while index < state.queue.len() {
-                let resources = state.queue[index].resources;
-                match self.reserve(&resources) {
+                let (job, resources, placement) =
+                    (state.queue[index].job, state.queue[index].resources, state.queue[index].placement);
+                match self.reserve(&mut state, job, &resources, placement) {
                     Some(node) => {
                         let waiting = state.queue.remove(index).expect("index is in range");
                         if let Some(entry) = state.jobs.get_mut(&waiting.job) {

@@ -174,11 +174,12 @@ impl Bridge {
             env.vars.into_iter().filter(|(key, _)| !key.starts_with(b"CONSTELLATION_") || key == b"CONSTELLATION_LOG");
         let image = ProcessImage { start, args: env.args, vars: vars.collect(), cgroup };
         let queue = !options.try_only;
+        let placement = options.placement;
         let pending = Pending { parent, request, monitor, options, resources, queued: false };
         if let Some(remote) = &mut self.remote {
             remote.pending.insert(incarnation, pending);
         }
-        self.ask_scheduler(&ToScheduler::Place { id: incarnation, resources, queue, image });
+        self.ask_scheduler(&ToScheduler::Place { id: incarnation, resources, queue, placement, image });
     }
 
     fn ask_scheduler(&mut self, message: &ToScheduler) {

@@ -122,7 +122,8 @@ impl Child {
 
     /// Starts an incarnation, bound and linked to the calling supervisor.
     pub(crate) fn start(&self) -> Result<Pid, constellation::SpawnError> {
-        let options = SpawnOptions { link: true, bind: true, register: self.register.clone(), try_only: false };
+        let options =
+            SpawnOptions { link: true, bind: true, register: self.register.clone(), ..SpawnOptions::default() };
         match &self.start {
             Start::Process(f) => f.spawn(self.resources, options).block(),
             Start::Supervisor(supervisor) => {

@@ -77,6 +77,31 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
+        // A round-robin fan-out of `N` inputs, each taking `MS` milliseconds,
+        // retried when lost; says where the inputs ran and whether all came back.
+        "fanout" => {
+            let (count, ms) = (number(1), number(2));
+            println!("fanout started");
+            let results = Fanout::new(
+                Resources::default(),
+                Fn!(move |input: u64| {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    (input * 2, pid().addr().ip().to_string())
+                }),
+            )
+            .placement(Placement::RoundRobin)
+            .concurrency(6)
+            .retries(3)
+            .run((0..count).collect())
+            .block();
+            let mut ips: Vec<String> =
+                results.iter().filter_map(|r| r.as_ref().ok()).map(|(_, ip)| ip.clone()).collect();
+            ips.sort();
+            ips.dedup();
+            let right = results.iter().enumerate().filter(|(i, r)| matches!(r, Ok((v, _)) if *v == 2 * *i as u64));
+            println!("results: {} of {count} right", right.count());
+            println!("ips: {}", ips.join(","));
+        }
         // Exits with code `N` after a child has run.
         "exit" => {
             let child = spawn(Resources::default(), FnOnce!(|_parent: Pid| println!("child ran")))
