@@ -5,11 +5,28 @@ mod util;
 use std::{collections::BTreeMap, time::Duration};
 use util::{cluster::Cluster, Job};
 
-/// The job's stdout lines, with process tags (which differ between runs) blanked,
-/// counted.
+/// `line` with loopback addresses (`127.x.y.z:port`, which differ between runs
+/// and nodes) blanked.
+fn blank_addresses(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("127.") {
+        out.push_str(&rest[..at]);
+        let end =
+            rest[at..].find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).map_or(rest.len(), |e| at + e);
+        out.push_str("<addr>");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The job's stdout lines, with process tags and addresses (which differ between
+/// runs) blanked, counted.
 fn lines(finished: &util::Finished) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for line in finished.all_stdout().lines() {
+        let line = blank_addresses(line);
         let words: Vec<String> = line
             .split(' ')
             .map(|w| {
@@ -44,6 +61,47 @@ fn examples_print_on_a_cluster_what_they_print_locally() {
         assert_eq!(deployed.spawns().len(), local.spawns().len(), "{example}: a different process tree");
         deployed.assert_nothing_left();
     }
+}
+
+#[test]
+fn signals_and_the_registry_work_across_nodes_as_locally() {
+    let cluster = Cluster::three_nodes(&[]);
+    for (program, scenario) in [
+        ("scenarios", "monitor"),
+        ("scenarios", "link_cascade"),
+        ("scenarios", "registry"),
+        ("scenarios", "mailboxes"),
+        ("supervision", "one_for_all"),
+    ] {
+        let local = Job::new(program, &[scenario]).run();
+        let deployed = cluster.deploy(program, &[scenario]).run();
+        assert_eq!(deployed.code, local.code, "{scenario}: {}\n{}", deployed.stderr_text(), cluster.logs());
+        assert_eq!(lines(&deployed), lines(&local), "{scenario}: the cluster's output differs from the local run's");
+        let statuses = |job: &util::Finished| {
+            let mut statuses: Vec<String> = job.exits().values().map(|s| s.to_string()).collect();
+            statuses.sort();
+            statuses
+        };
+        let blank = |statuses: Vec<String>| -> Vec<String> {
+            statuses.into_iter().map(|s| if s.contains("killed_by") { "killed_by".into() } else { s }).collect()
+        };
+        assert_eq!(blank(statuses(&deployed)), blank(statuses(&local)), "{scenario}: different exit statuses");
+        deployed.assert_nothing_left();
+    }
+}
+
+#[test]
+fn memory_limits_hold_on_nodes() {
+    let node = util::cluster::Node { ip: "127.0.0.2", mem: "2 GiB", cpu: 1.0 };
+    let cluster = Cluster::start(&[node], &[]);
+    let job = cluster.deploy("scenarios", &["memory_limit"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    let (_, child) = &job.spawns()[0];
+    let status = &job.exits()[child];
+    assert!(!job.stdout_of(child).contains("without being stopped"), "the child allocated past its limit");
+    let memory_killed = status["memory_exceeded"] == 50 * 1024 * 1024;
+    let aborted = status["signal"] == libc::SIGABRT;
+    assert!(memory_killed || aborted, "{status}");
 }
 
 #[test]
@@ -120,6 +178,21 @@ fn alive(pid: i32) -> bool {
         .is_ok_and(|stat| !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }
 
+/// The OS pids of `pid`'s parent, its parent's parent, and so on.
+fn ancestors(mut pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    while let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let Some(parent) = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)) else { break };
+        let Ok(parent) = parent.parse::<i32>() else { break };
+        if parent <= 1 {
+            break;
+        }
+        found.push(parent);
+        pid = parent;
+    }
+    found
+}
+
 /// The (ip, OS pid) of each "worker on IP os PID" line so far.
 fn workers(running: &util::Running) -> Vec<(String, i32)> {
     running
@@ -158,8 +231,10 @@ fn a_killed_node_loses_its_worker_at_once_and_the_supervisor_restarts_it_elsewhe
     let cluster = Cluster::three_nodes(&FAST_LEASES);
     let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
     let first = wait_for_workers(&running, 1, Duration::from_secs(30), &cluster)[0].clone();
+    let node = node_at(&cluster, &first.0);
+    assert!(ancestors(first.1).contains(&node.pid()), "the worker is not a descendant of its node's daemon");
     let killed_at = std::time::Instant::now();
-    node_at(&cluster, &first.0).signal(libc::SIGKILL);
+    node.signal(libc::SIGKILL);
     // Its monitor dies with its node daemon, and the worker with its monitor.
     while alive(first.1) {
         assert!(

@@ -76,6 +76,10 @@ struct Proc {
     /// On a cluster: how the monitor ended, as its node saw it, held until its
     /// connection has been read to the end (its own report comes first).
     monitor_ended: Option<ExitStatus>,
+    /// On a cluster: frames for the monitor and for the process sent before it
+    /// connected, written once it has.
+    early_monitor: Vec<u8>,
+    early_control: Vec<u8>,
     resources: Resources,
     status: Option<ExitStatus>,
     monitor: Option<usize>,
@@ -314,6 +318,8 @@ impl Bridge {
             Proc {
                 monitor_os_pid,
                 monitor_ended: None,
+                early_monitor: Vec::new(),
+                early_control: Vec::new(),
                 resources,
                 status: None,
                 monitor: None,
@@ -483,15 +489,29 @@ impl Bridge {
 
     /// Tells process `pid`, if it is alive.
     fn tell(&mut self, pid: Pid, reply: &Reply) {
-        if let Some(key) = self.procs.get(&pid).filter(|p| p.status.is_none()).and_then(|p| p.control) {
-            self.send(key, reply);
-        }
+        self.send_to(pid, Role::Control, reply);
     }
 
     /// Has the monitor of `pid` carry out `command`, if `pid` is alive.
     fn command(&mut self, pid: Pid, command: &Command) {
-        if let Some(key) = self.procs.get(&pid).filter(|p| p.status.is_none()).and_then(|p| p.monitor) {
-            self.send(key, command);
+        self.send_to(pid, Role::Monitor, command);
+    }
+
+    /// Sends `message` on the `role` connection of `pid`, if `pid` is alive; a
+    /// remote process that has not connected yet gets it once it does.
+    fn send_to<M: serde::Serialize>(&mut self, pid: Pid, role: Role, message: &M) {
+        let Some(process) = self.procs.get_mut(&pid).filter(|p| p.status.is_none()) else { return };
+        let (key, early) = match role {
+            Role::Monitor => (process.monitor, &mut process.early_monitor),
+            _ => (process.control, &mut process.early_control),
+        };
+        match key {
+            Some(key) => self.send(key, message),
+            None => {
+                if let Err(error) = codec::append_frame(early, KIND_MESSAGE, message) {
+                    self.printer.warning(&format!("encoding a message: {error}"));
+                }
+            }
         }
     }
 

@@ -387,14 +387,22 @@ impl Bridge {
         };
         let pid = pid.expect("found above");
         let role = if hello.monitor { Role::Monitor } else { Role::Control };
-        match role {
-            Role::Monitor => process.monitor = Some(key),
-            _ => process.control = Some(key),
-        }
+        let early = match role {
+            Role::Monitor => {
+                process.monitor = Some(key);
+                std::mem::take(&mut process.early_monitor)
+            }
+            _ => {
+                process.control = Some(key);
+                std::mem::take(&mut process.early_control)
+            }
+        };
         if let Some(conn) = self.conns.get_mut(key) {
             conn.pid = pid;
             conn.role = role;
+            conn.wbuf.extend_from_slice(&early);
         }
+        self.flush(key);
     }
 
     /// Reads the top process's input as it comes.
