@@ -9,6 +9,7 @@
 //! - [`master`]: placement, node heartbeats and loss.
 //! - [`deploy`]: the bridge daemon, and [`bridge`]: one deployment's bridge.
 //! - [`client`]: the deploying side, for `cargo deploy`.
+//! - [`k8s`]: the node list of a Kubernetes StatefulSet.
 //! - [`auth`], [`wire`], [`config`]: cookies, frames and messages, `nodes.toml`.
 
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod deploy;
+pub mod k8s;
 pub mod logger;
 pub mod master;
 pub mod node;
