@@ -27,6 +27,8 @@ pub enum Role {
     Master,
     /// `cargo deploy`, to the bridge daemon.
     Deploy,
+    /// A node daemon registering with its master (in a Slurm allocation).
+    Node,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -9,7 +9,8 @@
 //! - [`master`]: placement, node heartbeats and loss.
 //! - [`deploy`]: the bridge daemon, and [`bridge`]: one deployment's bridge.
 //! - [`client`]: the deploying side, for `cargo deploy`.
-//! - [`k8s`]: the node list of a Kubernetes StatefulSet.
+//! - [`k8s`]: the node list of a Kubernetes StatefulSet; [`slurm`]: a cluster
+//!   inside a Slurm allocation.
 //! - [`auth`], [`wire`], [`config`]: cookies, frames and messages, `nodes.toml`.
 
 pub mod auth;
@@ -23,4 +24,5 @@ pub mod master;
 pub mod node;
 mod os;
 mod reaper;
+pub mod slurm;
 pub mod wire;

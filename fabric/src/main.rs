@@ -2,11 +2,11 @@
 //! `constellation ADDR nodes.toml` runs the master and its bridge daemon.
 
 use clap::Parser;
-use constellation_fabric::{auth, config, deploy, k8s, logger, master, node};
+use constellation_fabric::{auth, client, config, deploy, k8s, logger, master, node, slurm};
 use std::{
     net::{SocketAddr, TcpListener},
     path::PathBuf,
-    process::ExitCode,
+    process::{Command, ExitCode, Stdio},
     time::Duration,
 };
 
@@ -65,6 +65,34 @@ enum Mode {
         #[arg(long, value_name = "NAME=ADDR")]
         resolve: Vec<String>,
     },
+    /// Run BINARY on a cluster made of a Slurm allocation: start a node daemon
+    /// on every allocated node (srun), the master and bridge here, deploy BINARY,
+    /// print its output as cargo deploy does, exit with its exit code, and stop
+    /// every daemon. A generated cookie protects the daemons.
+    ///
+    /// Example: salloc -N 3 constellation slurm ./target/release/examples/fibonacci -- 10
+    #[command(verbatim_doc_comment)]
+    Slurm {
+        /// The program to run (it must call constellation::init).
+        binary: PathBuf,
+        /// Arguments for the program.
+        #[arg(last = true)]
+        args: Vec<String>,
+        /// Pass this environment variable to the job's processes; repeat for several.
+        #[arg(long = "env", value_name = "NAME")]
+        env: Vec<String>,
+        /// The address of this host that the allocated nodes reach [default: the
+        /// address of SLURM_SUBMIT_HOST, else 127.0.0.1].
+        #[arg(long, value_name = "IP")]
+        addr: Option<std::net::IpAddr>,
+    },
+    /// A node daemon started by `constellation slurm` (through srun).
+    #[command(hide = true)]
+    SlurmNode {
+        /// The master to register with.
+        #[arg(long)]
+        register: SocketAddr,
+    },
 }
 
 /// Settings of every mode.
@@ -104,6 +132,15 @@ fn main() -> ExitCode {
         constellation_fabric::bridge::run(&fds);
     }
     let cli = Cli::parse();
+    if let Some(Mode::Slurm { binary, args, env, addr }) = &cli.mode {
+        return match run_slurm(binary, args.clone(), env, *addr, &cli.options) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(error) => {
+                eprintln!("constellation: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -141,6 +178,14 @@ fn run(cli: Cli) -> Result<(), String> {
             k8s::Role::Node { addr } => run_node(addr, cookie, &options),
             k8s::Role::Master { addr, nodes } => run_master(&addr.to_string(), nodes, cookie, &options),
         };
+    }
+    if let Some(Mode::SlurmNode { register }) = cli.mode {
+        let cookie = cookie.ok_or("CONSTELLATION_COOKIE is not set")?;
+        let listener = slurm::register(register, &cookie)?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        logger::init(format!("node {bound}"));
+        let node_options = node::NodeOptions { cookie: Some(cookie), work_dir: work_dir(&options, bound) };
+        return node::serve(listener, node_options).map_err(|e| e.to_string());
     }
     let addr_text = cli.addr.ok_or("give the address to listen on, as IP:PORT")?;
     let addr: SocketAddr = addr_text
@@ -184,10 +229,23 @@ fn run_node(addr: SocketAddr, cookie: Option<Vec<u8>>, options: &Options) -> Res
 /// and as the bridge daemon at that entry's `bridge_bind`.
 fn run_master(
     addr_text: &str,
-    mut nodes: Vec<config::NodeSpec>,
+    nodes: Vec<config::NodeSpec>,
     cookie: Option<Vec<u8>>,
     options: &Options,
 ) -> Result<(), String> {
+    let (bridge, serving) = start_master(addr_text, nodes, cookie, options)?;
+    println!("bridge listening on {bridge}");
+    serving.join().map_err(|_| "the bridge daemon's thread panicked".to_string())?
+}
+
+/// Starts the master and its bridge daemon (on a thread); returns the bridge
+/// daemon's address.
+fn start_master(
+    addr_text: &str,
+    mut nodes: Vec<config::NodeSpec>,
+    cookie: Option<Vec<u8>>,
+    options: &Options,
+) -> Result<(SocketAddr, std::thread::JoinHandle<Result<(), String>>), String> {
     let own = config::find_master(&nodes, addr_text)?.clone();
     let addr = own.fabric_addr;
     let bridge_bind = own.bridge_bind.expect("find_master checks bridge_bind");
@@ -223,11 +281,132 @@ fn run_master(
     let bridge_bound = bridge_listener.local_addr().map_err(|e| e.to_string())?;
     let master = master::Master::start(nodes, cookie.clone(), timing)?;
     log::info!("bridge daemon listening on {bridge_bound}");
-    println!("bridge listening on {bridge_bound}");
     let deploy_options = deploy::DeployOptions {
         cookie,
         work_dir: master_work,
         probe_timeout: seconds("probe-timeout", options.probe_timeout)?,
     };
-    deploy::serve(bridge_listener, master, deploy_options).map_err(|e| e.to_string())
+    let serving = std::thread::Builder::new()
+        .name("bridge-daemon".into())
+        .spawn(move || deploy::serve(bridge_listener, master, deploy_options).map_err(|e| e.to_string()))
+        .map_err(|e| e.to_string())?;
+    Ok((bridge_bound, serving))
+}
+
+/// `constellation slurm`: see [`Mode::Slurm`].
+fn run_slurm(
+    binary: &std::path::Path,
+    args: Vec<String>,
+    env: &[String],
+    addr: Option<std::net::IpAddr>,
+    options: &Options,
+) -> Result<i32, String> {
+    use std::net::ToSocketAddrs;
+    let allocated = slurm::allocation(|name| std::env::var(name).ok())?;
+    let vars = env
+        .iter()
+        .map(|name| {
+            std::env::var(name).map(|v| (name.clone(), v)).map_err(|_| format!("--env {name}: {name} is not set"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let cookie = match auth::load_cookie(options.cookie_file.as_deref()).map_err(|e| e.to_string())? {
+        Some(cookie) => cookie,
+        None => {
+            (0..4).map(|_| format!("{:016x}", constellation::cluster::random_u64())).collect::<String>().into_bytes()
+        }
+    };
+    let ip = addr.unwrap_or_else(|| {
+        std::env::var("SLURM_SUBMIT_HOST")
+            .ok()
+            .and_then(|host| (host.as_str(), 0).to_socket_addrs().ok()?.find(|a| a.is_ipv4()))
+            .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip())
+    });
+    let registrations = bind(SocketAddr::new(ip, 0), "node registrations")?;
+    let register_at = registrations.local_addr().map_err(|e| e.to_string())?;
+    logger::init(format!("slurm master {register_at}"));
+    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let mut srun = Command::new("srun")
+        .args(["--overlap", &format!("--nodes={}", allocated.len()), "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+        .arg(exe)
+        .args(["slurm-node", "--register", &register_at.to_string()])
+        .env("CONSTELLATION_COOKIE", String::from_utf8_lossy(&cookie).as_ref())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("running srun to start the node daemons: {e}"))?;
+    // srun ends when its daemons do: when we stop them, or when Slurm ends the
+    // allocation (scancel, the time limit), which then stops the job.
+    let srun_pid = srun.id() as i32;
+    let (srun_ended_tx, srun_ended) = std::sync::mpsc::channel::<()>();
+    type OnEnd = Option<Box<dyn Fn() + Send>>;
+    let on_srun_end: std::sync::Arc<parking_lot::Mutex<OnEnd>> = Default::default();
+    let watcher = on_srun_end.clone();
+    std::thread::spawn(move || {
+        let _ = srun.wait();
+        if let Some(stop_job) = watcher.lock().as_ref() {
+            stop_job();
+        }
+        let _ = srun_ended_tx.send(());
+    });
+    let stop_daemons = || {
+        // srun passes SIGTERM on to the daemons; it may linger after they end.
+        // SAFETY: kill takes plain integers; srun is our child, reaped only by
+        // the watcher above, which is still waiting unless srun has ended.
+        unsafe { libc::kill(srun_pid, libc::SIGTERM) };
+        if srun_ended.recv_timeout(Duration::from_secs(3)).is_err() {
+            // SAFETY: as above.
+            unsafe { libc::kill(srun_pid, libc::SIGKILL) };
+            let _ = srun_ended.recv_timeout(Duration::from_secs(3));
+        }
+    };
+    let connect = seconds("connect-timeout", options.connect_timeout)?;
+    let started = slurm::await_registrations(&registrations, &cookie, &allocated, connect).and_then(|mut nodes| {
+        let own = format!("{ip}:0");
+        nodes.insert(
+            0,
+            config::NodeSpec {
+                fabric_addr: SocketAddr::new(ip, 0),
+                fabric_addr_text: own.clone(),
+                bridge_bind: Some(SocketAddr::new(ip, 0)),
+                mem: constellation::Mem::from_bytes(0),
+                cpu: constellation::Cpu::from_cores(0.0),
+            },
+        );
+        start_master(&own, nodes, Some(cookie.clone()), options)
+    });
+    let bridge = match started {
+        Ok((bridge, _serving)) => bridge,
+        Err(error) => {
+            stop_daemons();
+            return Err(error);
+        }
+    };
+    let json = std::env::var("CONSTELLATION_FORMAT").is_ok_and(|f| f == "json");
+    let bridge_text = bridge.to_string();
+    let deploy = client::Deploy { bridge: &bridge_text, cookie: &cookie, binary, args, vars, json };
+    let result = deploy.start().and_then(|deployed| {
+        let stop = deployed.sender();
+        *on_srun_end.lock() = Some(Box::new(move || {
+            log::warn!("the node daemons have ended (the allocation was cancelled or ran out); stopping the job");
+            stop(&constellation_fabric::wire::ToBridge::Stop);
+        }));
+        let send = deployed.sender();
+        let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+            .map_err(|e| format!("handling signals: {e}"))?;
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                send(&constellation_fabric::wire::ToBridge::Stop);
+            }
+        });
+        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+        deployed.wait(|fd, data| {
+            use std::io::Write;
+            let _ = match fd {
+                1 => stdout.lock().write_all(data).and_then(|()| stdout.lock().flush()),
+                _ => stderr.lock().write_all(data),
+            };
+        })
+    });
+    on_srun_end.lock().take();
+    stop_daemons();
+    result
 }

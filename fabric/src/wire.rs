@@ -131,3 +131,12 @@ pub fn hash_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// What a node daemon started in a Slurm allocation tells its master.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Registration {
+    /// The node's Slurm name.
+    pub name: String,
+    /// Where its daemon listens.
+    pub addr: std::net::SocketAddr,
+}
