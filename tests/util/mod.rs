@@ -89,6 +89,13 @@ impl Job {
         Job { command, format: "json".into(), stdin: None, deadline: DEADLINE }
     }
 
+    /// A job started by `command` (which runs a bridge, such as `salloc ...
+    /// constellation slurm ...`), showing JSON lines.
+    pub fn from_command(mut command: Command) -> Job {
+        command.env_remove("RUST_BACKTRACE");
+        Job { command, format: "json".into(), stdin: None, deadline: DEADLINE }
+    }
+
     /// Shows the human format instead of JSON lines.
     pub fn human(self) -> Job {
         self.format("human")
