@@ -134,6 +134,7 @@ impl Slurm {
     fn salloc(&self, example: &Path, args: &[&str]) -> Job {
         let mut command = self.command("salloc");
         command
+            .env("CONSTELLATION_LOG", "info")
             .args(["-N", "3"])
             .arg(workspace_binary("constellation"))
             .args(["slurm", "--env", "SCENARIO_MARKER"])

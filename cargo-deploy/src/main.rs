@@ -23,6 +23,8 @@ use std::{
 ///
 ///   cargo deploy --cookie-file ~/.constellation-cookie --bin server --env RUST_LOG 10.0.0.1:12361
 ///
+///   cargo deploy --slurm "-N 3 --time 10" --release --example fibonacci
+///
 /// Environment: CONSTELLATION_COOKIE (the cookie, if no --cookie-file),
 /// CONSTELLATION_FORMAT=json (JSON lines instead of the human format).
 #[derive(Debug, Parser)]
@@ -53,8 +55,14 @@ struct Cli {
     /// processes; repeat for several.
     #[arg(long = "env", value_name = "NAME")]
     env: Vec<String>,
+    /// Run in a new Slurm allocation instead of on a running cluster: `salloc`
+    /// with these options (such as "-N 3 --time 10") runs `constellation slurm`
+    /// (found on PATH) with the program built.
+    #[arg(long, value_name = "SALLOC_OPTIONS", allow_hyphen_values = true, conflicts_with = "bridge_addr")]
+    slurm: Option<String>,
     /// The bridge daemon's address, as IP:PORT or HOST:PORT.
-    bridge_addr: String,
+    #[arg(required_unless_present = "slurm")]
+    bridge_addr: Option<String>,
     /// Arguments for the program.
     #[arg(last = true)]
     args: Vec<String>,
@@ -86,9 +94,12 @@ fn run(cli: Cli) -> Result<i32, String> {
             Err(_) => return Err(format!("--env {var}: {var} is not set here, so there is no value to pass")),
         }
     }
+    if let Some(salloc) = &cli.slurm {
+        return run_in_slurm(salloc, &cli, &binary);
+    }
+    let bridge = cli.bridge_addr.as_deref().ok_or("give the bridge's address (or --slurm)")?;
     let json = std::env::var("CONSTELLATION_FORMAT").is_ok_and(|f| f == "json");
-    let deploy =
-        Deploy { bridge: &cli.bridge_addr, cookie: &cookie, binary: &binary, args: cli.args.clone(), vars, json };
+    let deploy = Deploy { bridge, cookie: &cookie, binary: &binary, args: cli.args.clone(), vars, json };
     let deployed = deploy.start()?;
     forward_ctrl_c(deployed.sender())?;
     forward_stdin(deployed.sender());
@@ -101,6 +112,22 @@ fn run(cli: Cli) -> Result<i32, String> {
             _ => stderr.lock().write_all(data),
         };
     })
+}
+
+/// `salloc OPTIONS constellation slurm ... BINARY -- ARGS`: the job in a new
+/// Slurm allocation; returns its exit code.
+fn run_in_slurm(salloc: &str, cli: &Cli, binary: &std::path::Path) -> Result<i32, String> {
+    let mut command = Command::new("salloc");
+    command.args(salloc.split_whitespace()).args(["constellation", "slurm"]);
+    if let Some(cookie) = &cli.cookie_file {
+        command.arg("--cookie-file").arg(cookie);
+    }
+    for var in &cli.env {
+        command.args(["--env", var]);
+    }
+    command.arg(binary).arg("--").args(&cli.args);
+    let status = command.status().map_err(|e| format!("cannot run salloc (is Slurm's client installed?): {e}"))?;
+    Ok(status.code().unwrap_or(1))
 }
 
 /// Sends this process's stdin to the job's top process, then its end.

@@ -184,7 +184,8 @@ fn run(cli: Cli) -> Result<(), String> {
         let listener = slurm::register(register, &cookie)?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         logger::init(format!("node {bound}"));
-        let node_options = node::NodeOptions { cookie: Some(cookie), work_dir: work_dir(&options, bound) };
+        let node_options =
+            node::NodeOptions { cookie: Some(cookie), work_dir: work_dir(&options, bound), exit_with_master: true };
         return node::serve(listener, node_options).map_err(|e| e.to_string());
     }
     let addr_text = cli.addr.ok_or("give the address to listen on, as IP:PORT")?;
@@ -221,7 +222,7 @@ fn run_node(addr: SocketAddr, cookie: Option<Vec<u8>>, options: &Options) -> Res
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     logger::init(format!("node {bound}"));
     println!("listening on {bound}");
-    let node_options = node::NodeOptions { cookie, work_dir: work_dir(options, bound) };
+    let node_options = node::NodeOptions { cookie, work_dir: work_dir(options, bound), exit_with_master: false };
     node::serve(listener, node_options).map_err(|e| e.to_string())
 }
 
@@ -233,7 +234,7 @@ fn run_master(
     cookie: Option<Vec<u8>>,
     options: &Options,
 ) -> Result<(), String> {
-    let (bridge, serving) = start_master(addr_text, nodes, cookie, options)?;
+    let (bridge, _master, serving) = start_master(addr_text, nodes, cookie, options)?;
     println!("bridge listening on {bridge}");
     serving.join().map_err(|_| "the bridge daemon's thread panicked".to_string())?
 }
@@ -245,7 +246,7 @@ fn start_master(
     mut nodes: Vec<config::NodeSpec>,
     cookie: Option<Vec<u8>>,
     options: &Options,
-) -> Result<(SocketAddr, std::thread::JoinHandle<Result<(), String>>), String> {
+) -> Result<(SocketAddr, std::sync::Arc<master::Master>, std::thread::JoinHandle<Result<(), String>>), String> {
     let own = config::find_master(&nodes, addr_text)?.clone();
     let addr = own.fabric_addr;
     let bridge_bind = own.bridge_bind.expect("find_master checks bridge_bind");
@@ -269,7 +270,8 @@ fn start_master(
         }
     }
     if own.cpu.cores() > 0.0 {
-        let node_options = node::NodeOptions { cookie: cookie.clone(), work_dir: master_work.join("node") };
+        let node_options =
+            node::NodeOptions { cookie: cookie.clone(), work_dir: master_work.join("node"), exit_with_master: false };
         std::thread::Builder::new()
             .name("own-node".into())
             .spawn(move || node::serve(own_listener, node_options))
@@ -286,11 +288,12 @@ fn start_master(
         work_dir: master_work,
         probe_timeout: seconds("probe-timeout", options.probe_timeout)?,
     };
+    let serving_master = master.clone();
     let serving = std::thread::Builder::new()
         .name("bridge-daemon".into())
-        .spawn(move || deploy::serve(bridge_listener, master, deploy_options).map_err(|e| e.to_string()))
+        .spawn(move || deploy::serve(bridge_listener, serving_master, deploy_options).map_err(|e| e.to_string()))
         .map_err(|e| e.to_string())?;
-    Ok((bridge_bound, serving))
+    Ok((bridge_bound, master, serving))
 }
 
 /// `constellation slurm`: see [`Mode::Slurm`].
@@ -321,6 +324,11 @@ fn run_slurm(
             .and_then(|host| (host.as_str(), 0).to_socket_addrs().ok()?.find(|a| a.is_ipv4()))
             .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip())
     });
+    // The job's output is what the user came for: the daemons speak up only
+    // about trouble, unless asked for more.
+    if std::env::var_os("CONSTELLATION_LOG").is_none() {
+        std::env::set_var("CONSTELLATION_LOG", "warn");
+    }
     let registrations = bind(SocketAddr::new(ip, 0), "node registrations")?;
     let register_at = registrations.local_addr().map_err(|e| e.to_string())?;
     logger::init(format!("slurm master {register_at}"));
@@ -347,8 +355,14 @@ fn run_slurm(
         }
         let _ = srun_ended_tx.send(());
     });
-    let stop_daemons = || {
-        // srun passes SIGTERM on to the daemons; it may linger after they end.
+    let stop_daemons = |master: Option<&master::Master>| {
+        // The node daemons exit when their master disconnects, and srun with them.
+        if let Some(master) = master {
+            master.disconnect();
+            if srun_ended.recv_timeout(Duration::from_secs(3)).is_ok() {
+                return;
+            }
+        }
         // SAFETY: kill takes plain integers; srun is our child, reaped only by
         // the watcher above, which is still waiting unless srun has ended.
         unsafe { libc::kill(srun_pid, libc::SIGTERM) };
@@ -373,10 +387,10 @@ fn run_slurm(
         );
         start_master(&own, nodes, Some(cookie.clone()), options)
     });
-    let bridge = match started {
-        Ok((bridge, _serving)) => bridge,
+    let (bridge, master) = match started {
+        Ok((bridge, master, _serving)) => (bridge, master),
         Err(error) => {
-            stop_daemons();
+            stop_daemons(None);
             return Err(error);
         }
     };
@@ -407,6 +421,6 @@ fn run_slurm(
         })
     });
     on_srun_end.lock().take();
-    stop_daemons();
+    stop_daemons(Some(&master));
     result
 }

@@ -109,6 +109,8 @@ pub struct Master {
     cookie: Vec<u8>,
     nodes: Mutex<Vec<NodeState>>,
     state: Mutex<State>,
+    /// Set by `disconnect`: lost connections are then expected.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Master {
@@ -151,6 +153,7 @@ impl Master {
                     .collect(),
             ),
             state: Mutex::new(State { next_job: 1, ..State::default() }),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         let count = master.nodes.lock().len();
         let connecting: Vec<_> = (0..count)
@@ -269,7 +272,7 @@ impl Master {
         };
         let mut nodes = self.nodes.lock();
         nodes[index].reachable = false;
-        if !nodes[index].lost {
+        if !nodes[index].lost && !self.closing.load(std::sync::atomic::Ordering::SeqCst) {
             log::warn!(
                 "the connection to node {addr} was lost ({error}); its processes are declared lost if it stays silent for {:?}",
                 self.timing.lease + self.timing.margin
@@ -389,6 +392,17 @@ impl Master {
             .lock()
             .iter()
             .any(|n| !n.lost && n.spec.cpu.cores() > 0.0 && resources.mem.bytes() <= n.spec.mem.bytes())
+    }
+
+    /// Closes every node connection (the nodes kill their processes).
+    pub fn disconnect(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        for node in self.nodes.lock().iter_mut() {
+            node.reachable = false;
+            if let Some(writer) = node.writer.take() {
+                let _ = writer.lock().shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 
     /// Registers a deployed job whose bridge talks on `bridge`; returns its id.

@@ -38,6 +38,9 @@ pub struct NodeOptions {
     pub cookie: Option<Vec<u8>>,
     /// Where binaries are cached and processes get their scratch directories.
     pub work_dir: PathBuf,
+    /// Exit once the first master has gone (a node started for one job, as in a
+    /// Slurm allocation), instead of waiting for the next.
+    pub exit_with_master: bool,
 }
 
 /// A process this node started.
@@ -140,6 +143,11 @@ impl Node {
             *current = None;
             drop(current);
             self.end_session(&session, &format!("the master {peer} disconnected ({error})"));
+            if self.options.exit_with_master {
+                // Give the reaper a moment to reap what was just killed.
+                std::thread::sleep(Duration::from_millis(100));
+                std::process::exit(0);
+            }
         }
     }
 
