@@ -239,6 +239,10 @@ fn run_master(
     serving.join().map_err(|_| "the bridge daemon's thread panicked".to_string())?
 }
 
+/// A started master: its bridge daemon's address, the master, and the thread
+/// serving deployments.
+type StartedMaster = (SocketAddr, std::sync::Arc<master::Master>, std::thread::JoinHandle<Result<(), String>>);
+
 /// Starts the master and its bridge daemon (on a thread); returns the bridge
 /// daemon's address.
 fn start_master(
@@ -246,7 +250,7 @@ fn start_master(
     mut nodes: Vec<config::NodeSpec>,
     cookie: Option<Vec<u8>>,
     options: &Options,
-) -> Result<(SocketAddr, std::sync::Arc<master::Master>, std::thread::JoinHandle<Result<(), String>>), String> {
+) -> Result<StartedMaster, String> {
     let own = config::find_master(&nodes, addr_text)?.clone();
     let addr = own.fabric_addr;
     let bridge_bind = own.bridge_bind.expect("find_master checks bridge_bind");
