@@ -158,13 +158,20 @@ fn a_binary_crosses_to_each_node_once() {
 }
 
 #[test]
-fn ctrl_c_stops_a_deployed_job_and_leaves_nothing() {
+fn ctrl_c_or_a_vanished_cargo_deploy_stops_the_job_and_leaves_nothing() {
     let cluster = Cluster::three_nodes(&[]);
     let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
     running.wait_for_stdout("worker on", Duration::from_secs(30));
     running.signal(libc::SIGINT, false);
     let finished = running.finish();
     assert_eq!(finished.code, Some(130), "{}", finished.stderr_text());
+    finished.assert_nothing_left();
+    // A cargo deploy that vanishes takes its job with it.
+    let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
+    running.wait_for_stdout("worker on", Duration::from_secs(30));
+    running.signal(libc::SIGKILL, false);
+    let finished = running.finish();
+    assert_eq!(finished.signal, Some(libc::SIGKILL));
     finished.assert_nothing_left();
 }
 
