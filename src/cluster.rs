@@ -22,6 +22,9 @@ pub enum ToScheduler {
     Place { id: u64, resources: Resources, queue: bool, placement: Placement, image: ProcessImage },
     /// Give up these queued placements: answer each with `NoCapacity`.
     Withdraw { ids: Vec<u64> },
+    /// How many processes of `resources` the cluster holds now (answered by
+    /// `Capacity` with the same `id`).
+    Capacity { id: u64, resources: Resources },
 }
 
 /// How a node starts one process: this job's binary with these arguments,
@@ -47,6 +50,8 @@ pub enum FromScheduler {
     Queued { id: u64 },
     /// Process `id` could not be started.
     Refused { id: u64, error: SpawnError },
+    /// The answer to `ToScheduler::Capacity { id, .. }`.
+    Capacity { id: u64, count: u64 },
     /// The monitor of process `id` has ended (with exit `code`, or killed by
     /// `signal`), or its node was lost (`lost`), and the process is gone too.
     Ended { id: u64, code: Option<i32>, signal: Option<i32>, lost: bool },

@@ -307,8 +307,9 @@ impl<F> Fanout<F> {
         Fanout { resources, f, concurrency: None, retries: 0, cpu_time: None, placement: Placement::default() }
     }
 
-    /// Runs at most `n` processes at once (by default, as many as this machine
-    /// holds: its memory over `resources.mem`, its cores over `resources.cpu`).
+    /// Runs at most `n` processes at once (by default, as many as the job's
+    /// machines hold when the fan-out starts: on each, its free memory over
+    /// `resources.mem` and its cores over `resources.cpu`, whichever is less).
     pub fn concurrency(mut self, n: usize) -> Fanout<F> {
         self.concurrency = Some(n.max(1));
         self
@@ -343,7 +344,7 @@ impl<F> Fanout<F> {
         I: Clone + Serialize + DeserializeOwned + 'static,
         T: Serialize + DeserializeOwned + 'static,
     {
-        let concurrency = self.concurrency.unwrap_or_else(|| local_capacity(&self.resources));
+        let concurrency = self.concurrency.unwrap_or_else(|| capacity(self.resources).clamp(1, 4096));
         async move {
             let mut results: Vec<Option<Result<T, JobError>>> = inputs.iter().map(|_| None).collect();
             let mut queue: VecDeque<(usize, I, u32)> = inputs.into_iter().enumerate().map(|(i, x)| (i, x, 0)).collect();
@@ -380,10 +381,34 @@ where
     Fanout::new(resources, f).run(inputs)
 }
 
+/// How many more processes of `resources` the job's machines hold now: this
+/// machine under `cargo run`; on a cluster, every node, each by its free memory
+/// over `resources.mem` or its cores over `resources.cpu`, whichever is less.
+///
+/// [`Fanout`] runs this many processes at once unless told otherwise.
+///
+/// ```no_run
+/// # use constellation::*;
+/// # fn main() {
+/// init(Resources::default());
+/// let workers = capacity(Resources { mem: Mem::GIB, ..Resources::default() });
+/// println!("room for {workers} workers of 1 GiB");
+/// # }
+/// ```
+///
+/// # Panics
+/// If [`init`](crate::init) has not been called.
+pub fn capacity(resources: Resources) -> usize {
+    match crate::otp::call_blocking(|id| crate::proto::Request::Capacity { id, resources }) {
+        Some(crate::proto::Reply::Capacity { count, .. }) => count as usize,
+        _ => local_capacity(&resources),
+    }
+}
+
 /// How many processes of `resources` this machine holds at once.
-fn local_capacity(resources: &Resources) -> usize {
+pub(crate) fn local_capacity(resources: &Resources) -> usize {
     let by_memory = sys::physical_memory() / resources.mem.bytes().max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let by_cpu = (cores / resources.cpu.cores().max(1.0 / 1024.0)) as u64;
-    by_memory.min(by_cpu).clamp(1, 4096) as usize
+    by_memory.min(by_cpu) as usize
 }

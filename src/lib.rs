@@ -54,7 +54,7 @@ mod sys;
 pub use block::{sleep, timeout, Block, Elapsed, Sleep, Timeout};
 pub use channel::{Receiver, RecvError, SendError, Sender};
 pub use exit_status::ExitStatus;
-pub use job::{fanout, job, Fanout, Job, JobError};
+pub use job::{capacity, fanout, job, Fanout, Job, JobError};
 pub use mailbox::{Mailbox, MailboxRecv};
 pub use otp::{
     demonitor, exits, kill, link, monitor, on_shutdown, register, report_supervisor_event, shutdown, shutdown_and_wait,

@@ -239,7 +239,9 @@ pub fn on_shutdown(f: impl FnOnce() + Send + 'static) {
     }
 }
 
-fn call_blocking(make: impl FnOnce(u64) -> Request) -> Option<Reply> {
+/// Sends the request `make` builds (with a fresh call id) to the bridge and waits
+/// for its answer; `None` if the bridge is gone.
+pub(crate) fn call_blocking(make: impl FnOnce(u64) -> Request) -> Option<Reply> {
     use crate::Block;
     struct Call(u64);
     impl Future for Call {

@@ -48,6 +48,8 @@ pub(crate) enum Request {
     Unregister { name: String },
     /// Which process holds `name`?
     Whereis { id: u64, name: String },
+    /// How many processes of `resources` the job's machines hold now.
+    Capacity { id: u64, resources: Resources },
     /// Deliver a value to a mailbox of another process.
     Mail { to: MailTo, mailbox: String, type_name: String, value: Vec<u8> },
 }
@@ -75,6 +77,8 @@ pub(crate) enum Reply {
     Registered { id: u64, result: Result<(), RegisterError> },
     /// The answer to `Request::Whereis { id, .. }`.
     Found { id: u64, pid: Option<Pid> },
+    /// The answer to `Request::Capacity { id, .. }`.
+    Capacity { id: u64, count: u64 },
     /// A value for one of this process's mailboxes.
     Mail { from: Pid, mailbox: String, type_name: String, value: Vec<u8> },
 }
@@ -86,7 +90,8 @@ impl Reply {
             Reply::Spawned { id, .. }
             | Reply::Down { id, .. }
             | Reply::Registered { id, .. }
-            | Reply::Found { id, .. } => Some(*id),
+            | Reply::Found { id, .. }
+            | Reply::Capacity { id, .. } => Some(*id),
             Reply::Ended { .. } | Reply::Exit { .. } | Reply::Mail { .. } => None,
         }
     }

@@ -136,6 +136,12 @@ fn placement_respects_memory_and_spreads_load() {
     assert_eq!(finished.code, Some(101));
     let exit = &finished.exits()[&finished.top()];
     assert!(exit["panic"].as_str().unwrap().contains("NoCapacity"), "{exit}");
+    // Room for 4 GiB only on the 6 GiB node.
+    let finished = cluster.deploy("cluster_scenarios", &["capacity", "4096"]).run();
+    assert_eq!(finished.line("capacity:"), "capacity: 1", "{}", finished.stderr_text());
+    let finished = cluster.deploy("cluster_scenarios", &["capacity", "1024"]).run();
+    let top_node_share = finished.line("capacity:");
+    assert_eq!(top_node_share, "capacity: 7", "1 + 6 + 1 GiB, less 100 MiB on one node");
     // Twelve small children land on every node.
     let finished = cluster.deploy("cluster_scenarios", &["spread", "12"]).run();
     assert_eq!(finished.code, Some(0), "{}", finished.stderr_text());

@@ -386,6 +386,22 @@ impl Master {
         Some(index)
     }
 
+    /// How many processes of `resources` the nodes hold now: on each, its free
+    /// memory over `resources.mem` or its cores over `resources.cpu`, whichever
+    /// is less.
+    fn capacity(&self, resources: &Resources) -> u64 {
+        self.nodes
+            .lock()
+            .iter()
+            .filter(|n| n.spec.cpu.cores() > 0.0 && n.reachable && !n.lost)
+            .map(|n| {
+                let by_memory = n.spec.mem.bytes().saturating_sub(n.used_mem) / resources.mem.bytes().max(1);
+                let by_cpu = (n.spec.cpu.cores() / resources.cpu.cores().max(1.0 / 1024.0)) as u64;
+                by_memory.min(by_cpu)
+            })
+            .sum()
+    }
+
     /// Whether any node could ever hold `resources`.
     fn could_ever_fit(&self, resources: &Resources) -> bool {
         self.nodes
@@ -426,6 +442,10 @@ impl Master {
             match read_frame::<ToScheduler>(&mut stream, MAX_BRIDGE_FRAME) {
                 Ok(ToScheduler::Place { id, resources, queue, placement, image }) => {
                     self.place(job, id, resources, queue, placement, image)
+                }
+                Ok(ToScheduler::Capacity { id, resources }) => {
+                    let count = self.capacity(&resources);
+                    self.tell_bridge(job, &FromScheduler::Capacity { id, count });
                 }
                 Ok(ToScheduler::Withdraw { ids }) => {
                     let withdrawn: Vec<u64> = {

@@ -594,6 +594,11 @@ impl Bridge {
                 let pid = self.names.get(&name).copied().filter(|&p| self.alive(p));
                 self.reply(key, &Reply::Found { id, pid });
             }
+            Request::Capacity { id, resources } if self.remote.is_some() => self.ask_capacity(from, id, resources),
+            Request::Capacity { id, resources } => {
+                let count = crate::job::local_capacity(&resources) as u64;
+                self.reply(key, &Reply::Capacity { id, count });
+            }
             Request::Mail { to, mailbox, type_name, value } => {
                 let target = match to {
                     MailTo::Pid(pid) => Some(pid),

@@ -59,6 +59,10 @@ pub(super) struct Remote {
     pending: HashMap<u64, Pending>,
     /// Admitted processes, by incarnation.
     admitted: HashMap<u64, Pid>,
+    /// Capacity questions asked of the master: (asker, its request id), by the
+    /// id the master answers.
+    capacity_asks: HashMap<u64, (Pid, u64)>,
+    next_ask: u64,
     /// The top process's input, and what of it its monitor has not been sent.
     stdin: Option<UnixStream>,
     stdin_buf: Vec<u8>,
@@ -108,6 +112,8 @@ impl Bridge {
             addr,
             pending: HashMap::new(),
             admitted: HashMap::new(),
+            capacity_asks: HashMap::new(),
+            next_ask: 0,
             stdin,
             stdin_buf: Vec::new(),
             stdin_ended,
@@ -269,6 +275,11 @@ impl Bridge {
                 }
             }
             FromScheduler::Ended { id, code, signal, lost } => self.on_monitor_ended(id, code, signal, lost),
+            FromScheduler::Capacity { id, count } => {
+                if let Some((asker, request)) = self.remote.as_mut().and_then(|r| r.capacity_asks.remove(&id)) {
+                    self.tell(asker, &Reply::Capacity { id: request, count });
+                }
+            }
         }
     }
 
@@ -403,6 +414,16 @@ impl Bridge {
             conn.wbuf.extend_from_slice(&early);
         }
         self.flush(key);
+    }
+
+    /// Asks the master how many processes of `resources` the cluster holds, for
+    /// `asker`'s request `request`.
+    pub(super) fn ask_capacity(&mut self, asker: Pid, request: u64, resources: Resources) {
+        let Some(remote) = &mut self.remote else { return };
+        let id = remote.next_ask;
+        remote.next_ask += 1;
+        remote.capacity_asks.insert(id, (asker, request));
+        self.ask_scheduler(&ToScheduler::Capacity { id, resources });
     }
 
     /// Reads the top process's input as it comes.

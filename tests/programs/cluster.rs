@@ -102,6 +102,10 @@ fn main() {
             println!("results: {} of {count} right", right.count());
             println!("ips: {}", ips.join(","));
         }
+        // How many processes of `MIB` the job's machines hold.
+        "capacity" => {
+            println!("capacity: {}", capacity(Resources { mem: number(1) * Mem::MIB, ..Resources::default() }))
+        }
         // Exits with code `N` after a child has run.
         "exit" => {
             let child = spawn(Resources::default(), FnOnce!(|_parent: Pid| println!("child ran")))
