@@ -170,23 +170,3 @@ fn cargo_deploy_explains_an_unreachable_bridge_and_a_binary_without_init() {
         finished.stderr_text()
     );
 }
-
-#[test]
-fn the_reference_shows_each_commands_help_as_it_is() {
-    for (binary, args, file) in [
-        ("constellation", &["--help"][..], "cli-constellation.txt"),
-        ("cargo-deploy", &["deploy", "--help"][..], "cli-cargo-deploy.txt"),
-    ] {
-        let output = Command::new(workspace_binary(binary)).args(args).output().unwrap();
-        assert!(output.status.success());
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guide/src/reference").join(file);
-        let documented = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&output.stdout),
-            documented,
-            "{} is out of date: regenerate it with `{binary} {}`",
-            path.display(),
-            args.join(" ")
-        );
-    }
-}

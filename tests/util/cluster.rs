@@ -18,7 +18,11 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
     let path = profile_dir.join(name);
-    assert!(path.exists(), "{} is missing: build the workspace first (cargo build --workspace)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo nextest run --workspace`, which builds it (or cargo build --workspace)",
+        path.display()
+    );
     path
 }
 
