@@ -196,6 +196,7 @@ fn run(cli: Cli) -> Result<(), String> {
         return run_node(addr, cookie, &options);
     };
     let nodes = config::load(&nodes_toml)?;
+    config::find_master(&nodes, &addr_text)?;
     for node in &nodes {
         if node.fabric_addr.port() == 0 && node.fabric_addr_text != addr_text {
             return Err(format!(

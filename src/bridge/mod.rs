@@ -386,28 +386,10 @@ impl Bridge {
     }
 
     fn read(&mut self, key: usize) {
-        let mut chunk = [0u8; 64 * 1024];
-        let mut closed = false;
-        {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            loop {
-                match conn.stream.read(&mut chunk) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(n) => conn.rbuf.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut closed = read_available(&mut conn.stream, &mut conn.rbuf);
         let mut pos = 0;
         loop {
             let Some(conn) = self.conns.get(key) else {
@@ -826,6 +808,21 @@ impl Bridge {
             }
         }
         Ok(())
+    }
+}
+
+/// Appends to `into` what a non-blocking `stream` has now; true when the peer has
+/// closed it (or it failed), so nothing more will come.
+fn read_available(stream: &mut impl Read, into: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => into.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! is its monitor's report as on one machine; when the monitor could not report,
 //! the scheduler says how it ended, or that its node was lost.
 
-use super::{Bridge, Role};
+use super::{read_available, Bridge, Role};
 use crate::{
     cluster::{Deployment, FromScheduler, ProcessImage, ToScheduler},
     codec,
@@ -21,7 +21,7 @@ use mio::{
 };
 use std::{
     collections::{HashMap, HashSet},
-    io::{self, Read, Write},
+    io::{self, Write},
     net::SocketAddr,
     os::fd::{FromRawFd, IntoRawFd},
 };
@@ -216,24 +216,8 @@ impl Bridge {
         if !(event.is_readable() || event.is_read_closed() || event.is_error()) {
             return;
         }
-        let mut chunk = [0u8; 16 * 1024];
-        let mut closed = false;
         let Some(remote) = &mut self.remote else { return };
-        loop {
-            match remote.scheduler.read(&mut chunk) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => remote.rbuf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
+        let mut closed = read_available(&mut remote.scheduler, &mut remote.rbuf);
         let mut messages = Vec::new();
         let mut pos = 0;
         while let Ok(Some(frame)) = codec::next_frame(&remote.rbuf[pos..]) {
@@ -430,22 +414,10 @@ impl Bridge {
     pub(super) fn read_stdin(&mut self) {
         let Some(remote) = &mut self.remote else { return };
         let Some(stdin) = &mut remote.stdin else { return };
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match stdin.read(&mut chunk) {
-                Ok(0) => {
-                    remote.stdin_ended = true;
-                    break;
-                }
-                Ok(n) => remote.stdin_buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    remote.stdin_ended = true;
-                    break;
-                }
-            }
+        if !read_available(stdin, &mut remote.stdin_buf) {
+            return;
         }
+        remote.stdin_ended = true;
         if let Some(mut stdin) = remote.stdin.take() {
             let _ = self.poll.registry().deregister(&mut stdin);
         }

@@ -33,20 +33,25 @@ fn main() {
             .expect("spawning the child");
             println!("child on {}", Receiver::<String>::new(child).recv().block().expect("the child's answer"));
         }
-        // `N` children say where they ran; the top lists the distinct addresses.
+        // `N` children, all alive at once, say where they ran; the top lists the
+        // distinct addresses.
         "spread" => {
             let children: Vec<Pid> = (0..number(1))
                 .map(|_| {
                     spawn(
                         Resources::default(),
-                        FnOnce!(|parent: Pid| Sender::<String>::new(parent)
-                            .send(pid().addr().ip().to_string())
-                            .block()),
+                        FnOnce!(|parent: Pid| {
+                            Receiver::<()>::new(parent).recv().block().expect("the word to answer");
+                            Sender::<String>::new(parent).send(pid().addr().ip().to_string()).block()
+                        }),
                     )
                     .block()
                     .expect("spawning a child")
                 })
                 .collect();
+            for &child in &children {
+                Sender::<()>::new(child).send(()).block();
+            }
             let mut ips: Vec<String> =
                 children.into_iter().map(|c| Receiver::<String>::new(c).recv().block().expect("an answer")).collect();
             ips.sort();

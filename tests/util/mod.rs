@@ -333,6 +333,20 @@ impl Finished {
         }
     }
 
+    /// Checks the `memory_limit` scenario: its child was stopped at its 50 MiB
+    /// (by a cgroup, which says so; under RLIMIT_DATA the allocation fails and it
+    /// aborts), and its parent saw it end.
+    pub fn assert_memory_limited(&self) {
+        assert_eq!(self.code, Some(0), "{}", self.stderr_text());
+        let (_, child) = &self.spawns()[0];
+        let status = &self.exits()[child];
+        assert!(!self.stdout_of(child).contains("without being stopped"), "the child allocated past its limit");
+        let memory_killed = status["memory_exceeded"] == 50 * 1024 * 1024;
+        let aborted = status["signal"] == libc::SIGABRT;
+        assert!(memory_killed || aborted, "{status}");
+        assert_eq!(self.line("recv: "), "recv: Err(PeerEnded)");
+    }
+
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
