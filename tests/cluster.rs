@@ -233,7 +233,7 @@ fn node_at<'a>(cluster: &'a Cluster, ip: &str) -> &'a util::cluster::Daemon {
 }
 
 #[test]
-fn a_killed_node_loses_its_worker_at_once_and_the_supervisor_restarts_it_elsewhere() {
+fn a_killed_node_loses_its_worker_at_once_the_supervisor_restarts_it_elsewhere_and_the_node_rejoins() {
     let cluster = Cluster::three_nodes(&FAST_LEASES);
     let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
     let first = wait_for_workers(&running, 1, Duration::from_secs(30), &cluster)[0].clone();
@@ -260,6 +260,21 @@ fn a_killed_node_loses_its_worker_at_once_and_the_supervisor_restarts_it_elsewhe
     let lost = finished.exits().values().filter(|status| status["lost"] == true).count();
     assert_eq!(lost, 1, "one process is reported lost: {:?}", finished.exits());
     finished.assert_nothing_left();
+
+    // The node comes back (a daemon again at its address): it rejoins, and
+    // processes are placed on it again.
+    let index = cluster.nodes.iter().position(|n| n.addr.starts_with(&format!("{}:", first.0))).unwrap();
+    let addr = cluster.nodes[index].addr.clone();
+    let mut command = std::process::Command::new(util::cluster::workspace_binary("constellation"));
+    command.arg("--work-dir").arg(cluster.dir.join(format!("node{index}"))).arg(&addr);
+    let _restarted = util::cluster::Daemon::start(command, "listening on ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cluster.master.log().matches(&format!("node {addr} joined")).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the node did not rejoin\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let finished = cluster.deploy("cluster_scenarios", &["spread", "12"]).run();
+    assert_eq!(finished.line("ips:"), "ips: 127.0.0.2,127.0.0.3,127.0.0.4", "{}", cluster.logs());
 }
 
 #[test]

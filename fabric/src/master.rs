@@ -4,7 +4,8 @@
 //! a node each binary once, releases resources when processes end, queues spawns
 //! that wait for room, and watches the nodes' heartbeats: a node silent for its
 //! lease plus a margin is lost, and its processes are reported `Lost` to their
-//! jobs' bridges (by then their monitors have fenced them).
+//! jobs' bridges (by then their monitors have fenced them). A lost node is tried
+//! again until it answers, and then joins as a new one.
 
 use crate::{
     auth::{self, Role},
@@ -55,9 +56,12 @@ struct NodeState {
     processes: usize,
     /// Whether its connection is up (placements go only to reachable nodes).
     reachable: bool,
-    /// Whether it has been declared lost.
+    /// Whether it has been declared lost (until it joins again).
     lost: bool,
     last_heartbeat: Instant,
+    /// Counts its connections, so a stale connection's end is not taken for
+    /// the current one's.
+    generation: u64,
 }
 
 impl NodeState {
@@ -149,6 +153,7 @@ impl Master {
                         reachable: false,
                         lost: false,
                         last_heartbeat: Instant::now(),
+                        generation: 0,
                     })
                     .collect(),
             ),
@@ -189,7 +194,7 @@ impl Master {
         let addr = spec.fabric_addr;
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
-        let mut stream = loop {
+        let stream = loop {
             match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
                 Ok(stream) => break stream,
                 Err(error) if started.elapsed() >= self.timing.connect => {
@@ -205,6 +210,13 @@ impl Master {
                 }
             }
         };
+        self.join(index, stream)
+    }
+
+    /// Authenticates a new connection to node `index`, and serves it.
+    fn join(self: &Arc<Self>, index: usize, mut stream: TcpStream) -> Result<(), String> {
+        let spec = self.nodes.lock()[index].spec.clone();
+        let addr = spec.fabric_addr;
         auth::connect(&mut stream, &self.cookie, Role::Master).map_err(|e| format!("the node at {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         let config = ToNode::Config {
@@ -218,24 +230,45 @@ impl Master {
             Err(error) => return Err(format!("the node at {addr}: {error}")),
         };
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        {
+        let generation = {
             let mut nodes = self.nodes.lock();
             let node = &mut nodes[index];
             node.writer = Some(Arc::new(Mutex::new(writer)));
-            node.binaries.lock().extend(cached);
+            // What it had before it was lost, it has no more (or may not have).
+            *node.binaries.lock() = cached.into_iter().collect();
             node.reachable = true;
+            node.lost = false;
             node.last_heartbeat = Instant::now();
-        }
+            node.generation += 1;
+            node.generation
+        };
         log::info!("node {addr} joined ({}, {} cores)", spec.mem, spec.cpu.cores());
         let master = self.clone();
         std::thread::Builder::new()
             .name(format!("node {addr}"))
-            .spawn(move || master.read_node(index, stream))
+            .spawn(move || master.read_node(index, generation, stream))
             .map_err(|e| e.to_string())?;
+        self.place_waiting();
         Ok(())
     }
 
-    fn read_node(self: Arc<Self>, index: usize, mut stream: TcpStream) {
+    /// Tries to reach a lost node again until it answers (it restarted, or the
+    /// network healed); it then joins as new.
+    fn rejoin(self: Arc<Self>, index: usize) {
+        let addr = self.nodes.lock()[index].spec.fabric_addr;
+        let mut backoff = Duration::from_millis(500);
+        while !self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { continue };
+            match self.join(index, stream) {
+                Ok(()) => return,
+                Err(error) => log::debug!("node {addr} did not rejoin: {error}"),
+            }
+        }
+    }
+
+    fn read_node(self: Arc<Self>, index: usize, generation: u64, mut stream: TcpStream) {
         let addr = self.nodes.lock()[index].spec.fabric_addr;
         let error = loop {
             let message = match read_frame::<FromNode>(&mut stream, MAX_FRAME) {
@@ -271,6 +304,9 @@ impl Master {
             }
         };
         let mut nodes = self.nodes.lock();
+        if nodes[index].generation != generation {
+            return;
+        }
         nodes[index].reachable = false;
         if !nodes[index].lost && !self.closing.load(std::sync::atomic::Ordering::SeqCst) {
             log::warn!(
@@ -303,6 +339,8 @@ impl Master {
             };
             for index in lost {
                 self.declare_lost(index);
+                let master = self.clone();
+                let _ = std::thread::Builder::new().name("rejoin".into()).spawn(move || master.rejoin(index));
             }
         }
     }
