@@ -117,6 +117,10 @@ pub fn spawned_fds_var(listener: RawFd, start: RawFd, lease: RawFd) -> (&'static
     (FDS_VAR, format!("-1,-1,{listener},{start},{lease}"))
 }
 
+/// The environment variable (set to `1`) that makes a process's CPU share also
+/// a hard quota, for a node daemon to set.
+pub const CPU_QUOTA_VAR: &str = runtime::CPU_QUOTA_VAR;
+
 /// The environment variable that makes a binary print the `Resources` its
 /// `init` asks for, and exit.
 pub const PROBE_VAR: &str = runtime::PROBE_VAR;

@@ -43,6 +43,11 @@ pub(crate) struct Runtime {
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 static INIT_CALLED: AtomicBool = AtomicBool::new(false);
 static PANIC_FD: OnceLock<OwnedFd> = OnceLock::new();
+/// Whether this process's CPU share is also a hard quota (its node asks).
+static HARD_CPU: AtomicBool = AtomicBool::new(false);
+
+/// Set by a node daemon started with `--cpu-quota` for the processes it starts.
+pub(crate) const CPU_QUOTA_VAR: &str = "CONSTELLATION_CPU_QUOTA";
 
 /// The runtime; panics naming `init` if it has not been called.
 pub(crate) fn get() -> &'static Runtime {
@@ -237,6 +242,10 @@ fn remove_own_variables() {
 /// `init` returns to its `main`.
 fn start_spawned(fds: &str) {
     std::env::remove_var(FDS_VAR);
+    if std::env::var_os(CPU_QUOTA_VAR).is_some() {
+        HARD_CPU.store(true, Ordering::Relaxed);
+        std::env::remove_var(CPU_QUOTA_VAR);
+    }
     let fds: Vec<RawFd> = fds.split(',').filter_map(|fd| fd.parse().ok()).collect();
     let (channels, listener_fd, start_fd, lease_fd) = match fds[..] {
         [monitor, control, listener, start] if monitor >= 0 && control >= 0 => {
@@ -375,7 +384,8 @@ fn become_process(
             if sys::die_with_parent(libc::SIGKILL, monitor_os_pid).unwrap_or(true) {
                 sys::exit_now(1);
             }
-            if let Err(error) = sys::enter_limits(&start.cgroup, sys::getpid().0, &start.resources) {
+            let hard_cpu = HARD_CPU.load(Ordering::Relaxed);
+            if let Err(error) = sys::enter_limits(&start.cgroup, sys::getpid().0, &start.resources, hard_cpu) {
                 log::warn!("limiting this process's memory: {error}");
             }
             start_runtime(start, control, listener, panic_write);

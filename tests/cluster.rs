@@ -98,6 +98,18 @@ fn memory_limits_hold_on_nodes() {
 }
 
 #[test]
+fn a_node_with_cpu_quotas_holds_a_process_to_its_share() {
+    let node = util::cluster::Node { ip: "127.0.0.2", mem: "2 GiB", cpu: 2.0 };
+    let cluster = Cluster::start_full(&[node], &[], &["--cpu-quota"], None);
+    let finished = cluster.deploy("cluster_scenarios", &["spin"]).run();
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr_text());
+    let line = finished.line("cpu ms:");
+    let cpu_ms: u64 = line.trim_start_matches("cpu ms: ").parse().unwrap();
+    // A fifth of a core for 1.5 s is 300 ms; unlimited, it would take ~1,500.
+    assert!(cpu_ms <= 700, "the child used {cpu_ms} ms of CPU in 1.5 s with a 0.2-core quota");
+}
+
+#[test]
 fn exit_codes_and_panics_propagate() {
     let cluster = Cluster::three_nodes(&[]);
     let finished = cluster.deploy("cluster_scenarios", &["exit", "7"]).run();

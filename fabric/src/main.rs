@@ -106,6 +106,10 @@ struct Options {
     /// [default: a directory under the system's temporary directory].
     #[arg(long, value_name = "DIR", global = true)]
     work_dir: Option<PathBuf>,
+    /// Node: hold each process to its CPU share as a hard quota (cgroup CPU
+    /// bandwidth), not only a weight against the node's other processes.
+    #[arg(long, global = true)]
+    cpu_quota: bool,
     /// Master: seconds between a node's heartbeats.
     #[arg(long, value_name = "SECS", default_value_t = 1.0, global = true)]
     heartbeat: f64,
@@ -184,8 +188,12 @@ fn run(cli: Cli) -> Result<(), String> {
         let listener = slurm::register(register, &cookie)?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         logger::init(format!("node {bound}"));
-        let node_options =
-            node::NodeOptions { cookie: Some(cookie), work_dir: work_dir(&options, bound), exit_with_master: true };
+        let node_options = node::NodeOptions {
+            cookie: Some(cookie),
+            work_dir: work_dir(&options, bound),
+            exit_with_master: true,
+            cpu_quota: options.cpu_quota,
+        };
         return node::serve(listener, node_options).map_err(|e| e.to_string());
     }
     let addr_text = cli.addr.ok_or("give the address to listen on, as IP:PORT")?;
@@ -223,7 +231,12 @@ fn run_node(addr: SocketAddr, cookie: Option<Vec<u8>>, options: &Options) -> Res
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     logger::init(format!("node {bound}"));
     println!("listening on {bound}");
-    let node_options = node::NodeOptions { cookie, work_dir: work_dir(options, bound), exit_with_master: false };
+    let node_options = node::NodeOptions {
+        cookie,
+        work_dir: work_dir(options, bound),
+        exit_with_master: false,
+        cpu_quota: options.cpu_quota,
+    };
     node::serve(listener, node_options).map_err(|e| e.to_string())
 }
 
@@ -275,8 +288,12 @@ fn start_master(
         }
     }
     if own.cpu.cores() > 0.0 {
-        let node_options =
-            node::NodeOptions { cookie: cookie.clone(), work_dir: master_work.join("node"), exit_with_master: false };
+        let node_options = node::NodeOptions {
+            cookie: cookie.clone(),
+            work_dir: master_work.join("node"),
+            exit_with_master: false,
+            cpu_quota: options.cpu_quota,
+        };
         std::thread::Builder::new()
             .name("own-node".into())
             .spawn(move || node::serve(own_listener, node_options))

@@ -38,6 +38,8 @@ pub struct NodeOptions {
     pub cookie: Option<Vec<u8>>,
     /// Where binaries are cached and processes get their scratch directories.
     pub work_dir: PathBuf,
+    /// Hold each process to its CPU share as a hard quota, not only a weight.
+    pub cpu_quota: bool,
     /// Exit once the first master has gone (a node started for one job, as in a
     /// Slurm allocation), instead of waiting for the next.
     pub exit_with_master: bool,
@@ -306,6 +308,9 @@ impl Node {
             .current_dir(&scratch)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        if self.options.cpu_quota {
+            command.env(cluster::CPU_QUOTA_VAR, "1");
+        }
         let node = self.clone();
         let inherit = [listener.as_raw_fd(), start.as_raw_fd(), lease_read.as_raw_fd()];
         let pid = reaper::spawn(&mut command, &inherit, move |pid, ended| node.on_exit(pid, ended))?;

@@ -7,7 +7,8 @@
 //! of need ([`prepare`]); the process enters its own right after its monitor
 //! forks it and before it allocates ([`enter_limits`]), and the monitor removes
 //! it after reporting the process's end ([`remove`]). A CPU weight gets a cgroup
-//! of its own only when it differs from the default one.
+//! of its own only when it differs from the default one, or when a node daemon
+//! asks for CPU quotas (`constellation --cpu-quota`).
 
 use super::limit_data;
 use crate::Resources;
@@ -67,9 +68,14 @@ fn enter(dir: &PathBuf, settings: &[(&str, String)], pid: i32) -> io::Result<()>
     fs::write(dir.join("cgroup.procs"), pid.to_string())
 }
 
+/// The scheduler period a hard CPU quota is measured over.
+const CPU_PERIOD_US: u64 = 100_000;
+
 /// Puts the calling process (`pid`) in cgroup `name` under a memory limit and a
-/// CPU weight of `resources`, preferring cgroups. Returns how memory is enforced.
-pub(crate) fn enter_limits(name: &str, pid: i32, resources: &Resources) -> io::Result<MemoryLimit> {
+/// CPU weight of `resources` (with `hard_cpu`, also a quota of that many cores),
+/// preferring cgroups. Returns how memory is enforced.
+pub(crate) fn enter_limits(name: &str, pid: i32, resources: &Resources, hard_cpu: bool) -> io::Result<MemoryLimit> {
+    let quota_us = ((resources.cpu.cores() * CPU_PERIOD_US as f64).round() as u64).max(1_000);
     let bytes = resources.mem.bytes();
     let memory = match memory_parent() {
         Some((parent, false)) => {
@@ -77,21 +83,29 @@ pub(crate) fn enter_limits(name: &str, pid: i32, resources: &Resources) -> io::R
         }
         Some((parent, true)) => {
             let weight = ((resources.cpu.cores() * 100.0).round() as u64).clamp(1, 10_000);
-            let settings = [
+            let mut settings = vec![
                 ("memory.max", bytes.to_string()),
                 ("memory.swap.max", "0".into()),
                 ("cpu.weight", weight.to_string()),
             ];
+            if hard_cpu {
+                settings.push(("cpu.max", format!("{quota_us} {CPU_PERIOD_US}")));
+            }
             enter(&parent.join(name), &settings, pid).is_ok()
         }
         None => false,
     };
     // CPU as a weight in the v1 cpu controller (1024 shares a core), when it is
-    // not the weight every process has by default.
-    if resources.cpu != Resources::default().cpu {
+    // not the weight every process has by default, and as a quota if asked.
+    if resources.cpu != Resources::default().cpu || hard_cpu {
         if let Some(parent) = cpu_parent() {
             let shares = ((resources.cpu.cores() * 1024.0).round() as u64).max(2);
-            let _ = enter(&parent.join(name), &[("cpu.shares", shares.to_string())], pid);
+            let mut settings = vec![("cpu.shares", shares.to_string())];
+            if hard_cpu {
+                settings.push(("cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
+                settings.push(("cpu.cfs_quota_us", quota_us.to_string()));
+            }
+            let _ = enter(&parent.join(name), &settings, pid);
         }
     }
     if memory {

@@ -107,6 +107,36 @@ fn main() {
             println!("results: {} of {count} right", right.count());
             println!("ips: {}", ips.join(","));
         }
+        // A child with a fifth of a core spins for 1.5 s and says how much CPU
+        // time it got.
+        "spin" => {
+            let child = spawn(
+                Resources { cpu: Cpu::from_cores(0.2), ..Resources::default() },
+                FnOnce!(|parent: Pid| {
+                    let started = std::time::Instant::now();
+                    let mut x = 0u64;
+                    while started.elapsed() < Duration::from_millis(1500) {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                    let stat = std::fs::read_to_string("/proc/self/stat").expect("reading /proc/self/stat");
+                    let fields: Vec<u64> = stat
+                        .rsplit(')')
+                        .next()
+                        .unwrap()
+                        .split_whitespace()
+                        .skip(11)
+                        .take(2)
+                        .map(|f| f.parse().unwrap())
+                        .collect();
+                    // SAFETY: sysconf takes a plain integer.
+                    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+                    Sender::<u64>::new(parent).send((fields[0] + fields[1]) * 1000 / ticks).block();
+                }),
+            )
+            .block()
+            .expect("spawning the child");
+            println!("cpu ms: {}", Receiver::<u64>::new(child).recv().block().expect("the child's answer"));
+        }
         // How many processes of `MIB` the job's machines hold.
         "capacity" => {
             println!("capacity: {}", capacity(Resources { mem: number(1) * Mem::MIB, ..Resources::default() }))

@@ -129,6 +129,11 @@ impl Cluster {
 
     /// As [`Cluster::start`], with every daemon holding `cookie`.
     pub fn start_with(nodes: &[Node], master_args: &[&str], cookie: Option<&str>) -> Cluster {
+        Cluster::start_full(nodes, master_args, &[], cookie)
+    }
+
+    /// As [`Cluster::start_with`], passing `node_args` to the node daemons.
+    pub fn start_full(nodes: &[Node], master_args: &[&str], node_args: &[&str], cookie: Option<&str>) -> Cluster {
         static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "constellation-test-cluster-{}-{}",
@@ -149,7 +154,12 @@ impl Cluster {
         let mut started = Vec::new();
         for (index, node) in nodes.iter().enumerate() {
             let mut command = Command::new(&daemon);
-            command.args(&common).arg("--work-dir").arg(dir.join(format!("node{index}"))).arg(format!("{}:0", node.ip));
+            command
+                .args(&common)
+                .args(node_args)
+                .arg("--work-dir")
+                .arg(dir.join(format!("node{index}")))
+                .arg(format!("{}:0", node.ip));
             let started_node = Daemon::start(command, "listening on ");
             toml.push_str(&format!(
                 "\n[[nodes]]\nfabric_addr = \"{}\"\nmem = \"{}\"\ncpu = {}\n",
