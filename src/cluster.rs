@@ -5,6 +5,7 @@
 //!
 //! Not part of the user-facing API: it changes with the daemons.
 
+pub use crate::proto::Heartbeats;
 use crate::{bridge, proto::FDS_VAR, runtime, sys, Placement, Resources, SpawnError};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -76,6 +77,8 @@ pub struct Deployment {
     pub resources: Resources,
     /// Where the top process's stdin comes from (its end closes the input).
     pub stdin: Option<UnixStream>,
+    /// How the bridge and its processes' monitors watch each other.
+    pub heartbeats: Heartbeats,
 }
 
 /// Runs a deployed job's bridge until the job has ended, printing its output on

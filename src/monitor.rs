@@ -10,7 +10,7 @@
 
 use crate::{
     codec,
-    proto::{Command, Report, KIND_MESSAGE},
+    proto::{Command, Heartbeats, Report, KIND_MESSAGE},
     sys::{self, OsPid, WaitStatus},
     ExitStatus, Resources,
 };
@@ -45,6 +45,8 @@ pub(crate) struct Setup {
     pub(crate) resources: Resources,
     /// The process's cgroup, removed once it has ended.
     pub(crate) cgroup: String,
+    /// On a cluster: the heartbeats exchanged with the bridge.
+    pub(crate) heartbeats: Option<Heartbeats>,
 }
 
 struct Stream {
@@ -56,7 +58,10 @@ struct Stream {
 
 /// Runs the monitor until its process has ended and been reported; never returns.
 pub(crate) fn run(setup: Setup) -> ! {
-    let Setup { child, mut bridge, lease, stdin, stdout, stderr, panic, resources, cgroup } = setup;
+    let Setup { child, mut bridge, lease, stdin, stdout, stderr, panic, resources, cgroup, heartbeats } = setup;
+    // When the bridge was last heard from, and when this monitor last said it is alive.
+    let mut heard = Instant::now();
+    let mut beat = Instant::now();
     let mut stdin = stdin.map(|fd| StdinFeed { fd, pending: Vec::new(), ended: false });
     let mut lease = lease.map(|fd| Lease { fd, deadline: None, partial: Vec::new() });
     let pidfd = match sys::pidfd_open(child) {
@@ -83,6 +88,18 @@ pub(crate) fn run(setup: Setup) -> ! {
             let _ = sys::kill(child, libc::SIGKILL);
             kill_at = None;
         }
+        if let Some(heartbeats) = heartbeats {
+            if beat.elapsed() >= heartbeats.interval {
+                beat = Instant::now();
+                send(&mut bridge, &Report::Heartbeat, child, &cgroup);
+            }
+            if ended.is_none() && heard.elapsed() >= heartbeats.fence {
+                // The bridge is silent: it may already count this process as lost.
+                imposed = Some(ExitStatus::Lost);
+                let _ = sys::kill(child, libc::SIGKILL);
+                heard = Instant::now();
+            }
+        }
         if ended.is_none() && lease.as_ref().is_some_and(Lease::expired) {
             // Fenced: the node could not renew its lease, so the master may already
             // count this process as lost and start another in its place.
@@ -99,11 +116,16 @@ pub(crate) fn run(setup: Setup) -> ! {
                 Some(left)
             }
             None => {
-                let lease_left = lease.as_ref().and_then(Lease::left);
-                match (kill_at.map(|at| at.saturating_duration_since(Instant::now())), lease_left) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                let heartbeat_left = heartbeats
+                    .map(|h| h.interval.saturating_sub(beat.elapsed()).min(h.fence.saturating_sub(heard.elapsed())));
+                [
+                    kill_at.map(|at| at.saturating_duration_since(Instant::now())),
+                    lease.as_ref().and_then(Lease::left),
+                    heartbeat_left,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             }
         };
         let mut fds: Vec<(i32, i16)> =
@@ -142,6 +164,7 @@ pub(crate) fn run(setup: Setup) -> ! {
                 Ok(0) | Err(_) => bridge_lost(child, &cgroup),
                 Ok(n) => commands.extend_from_slice(&buf[..n]),
             }
+            heard = Instant::now();
             let mut pos = 0;
             while let Ok(Some(frame)) = codec::next_frame(&commands[pos..]) {
                 let command = codec::decode::<Command>(&commands[pos..][frame.payload]);
@@ -156,6 +179,7 @@ pub(crate) fn run(setup: Setup) -> ! {
                         let _ = sys::kill(child, libc::SIGTERM);
                         kill_at = timeout.map(|t| Instant::now() + t);
                     }
+                    Ok(Command::Heartbeat) => {}
                     Ok(Command::Stdin { data }) => {
                         if let Some(feed) = &mut stdin {
                             feed.ended |= data.is_empty();

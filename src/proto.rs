@@ -108,6 +108,8 @@ pub(crate) enum Command {
     /// Bytes for the process's stdin (a deployed job's top process); empty: the
     /// end of its input.
     Stdin { data: Vec<u8> },
+    /// The bridge is alive (on a cluster, sent every heartbeat interval).
+    Heartbeat,
 }
 
 /// What a monitor tells the bridge about its process.
@@ -117,6 +119,8 @@ pub(crate) enum Report {
     Output { fd: u8, data: Vec<u8> },
     /// The process has ended; this is the monitor's last message.
     Exited { status: ExitStatus },
+    /// The monitor is alive (on a cluster, sent every heartbeat interval).
+    Heartbeat,
 }
 
 /// The working directory, arguments and environment a spawned process inherits
@@ -155,11 +159,28 @@ pub(crate) struct Start {
     /// On a cluster, where the bridge accepts the monitor's and the process's
     /// connections (each opened with a [`Hello`]).
     pub(crate) bridge_addr: Option<SocketAddr>,
+    /// On a cluster, how the monitor and the bridge watch each other: each sends
+    /// a heartbeat every `Heartbeats::interval`, and the monitor kills its process
+    /// when it has heard nothing from the bridge for `Heartbeats::fence`.
+    pub(crate) heartbeats: Option<Heartbeats>,
     /// The name of the process's cgroup (made by the bridge ahead of time, or by
     /// the process if it does not exist yet).
     pub(crate) cgroup: String,
     /// The trampoline's address relative to `spawn::base` and the closure's bytes.
     pub(crate) closure: Option<(isize, Vec<u8>)>,
+}
+
+/// The application heartbeats between a deployed job's bridge and its monitors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeats {
+    /// How often each side says it is alive.
+    pub interval: Duration,
+    /// How long a monitor goes without hearing from its bridge before it kills
+    /// its process.
+    pub fence: Duration,
+    /// How much longer the bridge waits after `fence` before it declares a
+    /// silent process `Lost` (covers killing and reaping it).
+    pub margin: Duration,
 }
 
 /// The first frame on a connection a process opens to a remote bridge.

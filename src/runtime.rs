@@ -218,6 +218,7 @@ fn start_job(resources: Resources) {
                 token,
                 bridge_os_pid: bridge_os_pid.0,
                 bridge_addr: None,
+                heartbeats: None,
                 cgroup,
                 closure: None,
             };
@@ -366,6 +367,7 @@ fn become_process(
                 panic: panic_read,
                 resources: start.resources,
                 cgroup: start.cgroup.clone(),
+                heartbeats: start.heartbeats,
             })
         }
         sys::Fork::Child => {

@@ -342,3 +342,42 @@ fn a_round_robin_fanout_spreads_and_survives_a_node_killed_midway() {
     assert!(finished.exits().values().any(|s| s["lost"] == true), "some inputs were lost and retried");
     finished.assert_nothing_left();
 }
+
+/// The OS pids of `parent`'s children.
+fn children_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid: i32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn processes_whose_bridge_falls_silent_are_fenced_by_their_monitors() {
+    let cluster = Cluster::three_nodes(&FAST_LEASES);
+    let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
+    let first = wait_for_workers(&running, 1, Duration::from_secs(30), &cluster)[0].clone();
+    let bridges = children_of(cluster.master.pid());
+    assert_eq!(bridges.len(), 1, "one bridge for the one job: {bridges:?}");
+    // SAFETY: kill takes plain integers; the pid is the job's bridge, a child of our master.
+    unsafe { libc::kill(bridges[0], libc::SIGSTOP) };
+    let stopped_at = std::time::Instant::now();
+    // Its nodes are fine and renew their leases, but the monitors hear nothing
+    // from the bridge for the fence (2 s) and kill their processes.
+    while alive(first.1) {
+        assert!(stopped_at.elapsed() < Duration::from_secs(6), "the worker outlived its silent bridge");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(stopped_at.elapsed() >= Duration::from_secs(1), "fenced before the bridge was silent for long");
+    // SAFETY: as above.
+    unsafe { libc::kill(bridges[0], libc::SIGCONT) };
+    let finished = running.finish();
+    assert_eq!(finished.code, Some(1), "the top process was lost too: {}", finished.stderr_text());
+    finished.assert_nothing_left();
+}

@@ -80,6 +80,7 @@ pub fn run(fds: &str) -> ! {
         vars,
         resources,
         stdin: Some(stdin_theirs),
+        heartbeats: settings.heartbeats,
     });
     // Close this process's ends of the output pipes so the relays see their end.
     if let Ok(null) = File::open("/dev/null") {
@@ -145,8 +146,15 @@ fn probe(settings: &BridgeSettings) -> Result<Resources, String> {
     }
 }
 
-/// Points fds 1 and 2 at pipes whose contents are relayed to `cargo deploy`.
+/// How much output waits for a slow `cargo deploy` (in chunks of at most 64 KiB)
+/// before the bridge itself waits: it must keep exchanging heartbeats with its
+/// monitors while a terminal is paused.
+const OUTPUT_QUEUE: usize = 1024;
+
+/// Points fds 1 and 2 at pipes whose contents are relayed to `cargo deploy`,
+/// through a bounded queue and a writer thread of their own.
 fn redirect_output(deploy: &Arc<Mutex<TcpStream>>) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let (queue, queued) = std::sync::mpsc::sync_channel::<FromBridge>(OUTPUT_QUEUE);
     let mut relays = Vec::new();
     for fd in [1u8, 2] {
         let (read, write) = crate::os::pipe()?;
@@ -155,7 +163,7 @@ fn redirect_output(deploy: &Arc<Mutex<TcpStream>>) -> io::Result<Vec<std::thread
             return Err(io::Error::last_os_error());
         }
         drop(write);
-        let deploy = deploy.clone();
+        let queue = queue.clone();
         relays.push(std::thread::Builder::new().name(format!("relay-{fd}")).spawn(move || {
             let mut read = File::from(read);
             let mut buf = vec![0u8; 64 * 1024];
@@ -163,8 +171,7 @@ fn redirect_output(deploy: &Arc<Mutex<TcpStream>>) -> io::Result<Vec<std::thread
                 match read.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        let output = FromBridge::Output { fd, data: buf[..n].to_vec() };
-                        if write_frame(&mut *deploy.lock(), &output).is_err() {
+                        if queue.send(FromBridge::Output { fd, data: buf[..n].to_vec() }).is_err() {
                             break;
                         }
                     }
@@ -172,6 +179,15 @@ fn redirect_output(deploy: &Arc<Mutex<TcpStream>>) -> io::Result<Vec<std::thread
             }
         })?);
     }
+    drop(queue);
+    let deploy = deploy.clone();
+    relays.push(std::thread::Builder::new().name("relay-out".into()).spawn(move || {
+        for output in queued {
+            if write_frame(&mut *deploy.lock(), &output).is_err() {
+                break;
+            }
+        }
+    })?);
     Ok(relays)
 }
 

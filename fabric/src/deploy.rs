@@ -48,6 +48,8 @@ pub struct BridgeSettings {
     pub bind: IpAddr,
     /// How long the binary has to call `init` when probed.
     pub probe_timeout: Duration,
+    /// How the bridge and its processes' monitors watch each other.
+    pub heartbeats: constellation::cluster::Heartbeats,
 }
 
 /// How the bridge daemon runs.
@@ -59,6 +61,8 @@ pub struct DeployOptions {
     pub work_dir: PathBuf,
     /// How long a binary has to call `init` when probed.
     pub probe_timeout: Duration,
+    /// How each job's bridge and its processes' monitors watch each other.
+    pub heartbeats: constellation::cluster::Heartbeats,
 }
 
 /// Serves deployments on `listener` until the process is killed.
@@ -132,7 +136,16 @@ fn deployment(mut stream: TcpStream, master: &Arc<Master>, options: &DeployOptio
     log::info!("deploying {name} ({hash}, {size} bytes)");
     let (scheduler_ours, scheduler_theirs) = UnixStream::pair()?;
     let job = master.add_job(scheduler_ours, hash, binary.clone())?;
-    let settings = BridgeSettings { binary, name, args, vars, json, bind, probe_timeout: options.probe_timeout };
+    let settings = BridgeSettings {
+        binary,
+        name,
+        args,
+        vars,
+        json,
+        bind,
+        probe_timeout: options.probe_timeout,
+        heartbeats: options.heartbeats,
+    };
     let settings = constellation::cluster::memfd_with(&constellation::cluster::encode(&settings)?)?;
     let fds = [stream.as_raw_fd(), scheduler_theirs.as_raw_fd(), settings.as_raw_fd()];
     let mut command = Command::new("/proc/self/exe");

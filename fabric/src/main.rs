@@ -309,6 +309,13 @@ fn start_master(
         cookie,
         work_dir: master_work,
         probe_timeout: seconds("probe-timeout", options.probe_timeout)?,
+        // A job's bridge and its monitors watch each other as the master and its
+        // nodes do.
+        heartbeats: constellation::cluster::Heartbeats {
+            interval: timing.heartbeat,
+            fence: timing.lease,
+            margin: timing.margin,
+        },
     };
     let serving_master = master.clone();
     let serving = std::thread::Builder::new()

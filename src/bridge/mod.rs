@@ -76,6 +76,9 @@ struct Proc {
     /// On a cluster: how the monitor ended, as its node saw it, held until its
     /// connection has been read to the end (its own report comes first).
     monitor_ended: Option<ExitStatus>,
+    /// When its monitor was last heard from (on a cluster, where silence for
+    /// too long means the process is lost).
+    monitor_heard: std::time::Instant,
     /// On a cluster: frames for the monitor and for the process sent before it
     /// connected, written once it has.
     early_monitor: Vec<u8>,
@@ -210,7 +213,8 @@ impl Bridge {
         // A SIGCHLD may have come before the handler was installed.
         self.reap();
         while self.live > 0 || self.remote.as_ref().is_some_and(remote::Remote::placing) {
-            if let Err(error) = self.poll.poll(&mut events, None) {
+            let tick = self.remote.as_ref().map(remote::Remote::tick);
+            if let Err(error) = self.poll.poll(&mut events, tick) {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -250,6 +254,7 @@ impl Bridge {
                 self.prepare_cgroups();
             } else {
                 self.feed_stdin();
+                self.exchange_heartbeats();
             }
         }
         self.remove_cgroups();
@@ -318,6 +323,7 @@ impl Bridge {
             Proc {
                 monitor_os_pid,
                 monitor_ended: None,
+                monitor_heard: std::time::Instant::now(),
                 early_monitor: Vec::new(),
                 early_control: Vec::new(),
                 resources,
@@ -410,6 +416,12 @@ impl Bridge {
             pos += frame.len;
             match role {
                 Role::Monitor => match codec::decode::<Report>(payload) {
+                    Ok(report) if self.remote.is_some() => {
+                        if let Some(process) = self.procs.get_mut(&pid) {
+                            process.monitor_heard = std::time::Instant::now();
+                        }
+                        self.on_report(pid, report)
+                    }
                     Ok(report) => self.on_report(pid, report),
                     Err(error) => self.printer.warning(&format!("a corrupt report from the monitor of {pid}: {error}")),
                 },
@@ -505,6 +517,7 @@ impl Bridge {
         match report {
             Report::Output { fd, data } => self.printer.output(pid, fd, &data),
             Report::Exited { status } => self.on_exit(pid, status),
+            Report::Heartbeat => {}
         }
     }
 
@@ -737,6 +750,7 @@ impl Bridge {
             token: self.token,
             bridge_os_pid: sys::getpid().0,
             bridge_addr: None,
+            heartbeats: None,
             closure: Some((entry, arg)),
         };
         let start = codec::encode(&start).map_err(|e| SpawnError::Failed(e.to_string()))?;

@@ -11,7 +11,7 @@ use super::{read_available, Bridge, Role};
 use crate::{
     cluster::{Deployment, FromScheduler, ProcessImage, ToScheduler},
     codec,
-    proto::{Environment, Hello, Reply, Start, KIND_MESSAGE},
+    proto::{Environment, Heartbeats, Hello, Reply, Start, KIND_MESSAGE},
     sys, ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
 };
 use mio::{
@@ -24,6 +24,7 @@ use std::{
     io::{self, Write},
     net::SocketAddr,
     os::fd::{FromRawFd, IntoRawFd},
+    time::{Duration, Instant},
 };
 
 /// The token of the connection to the master's scheduler.
@@ -69,9 +70,18 @@ pub(super) struct Remote {
     /// Whether the input has ended, and whether the top process has been told.
     stdin_ended: bool,
     stdin_closed: bool,
+    /// How this bridge and its monitors watch each other, and when it last said
+    /// it is alive.
+    heartbeats: Heartbeats,
+    last_beat: Instant,
 }
 
 impl Remote {
+    /// How long the event loop may wait before the next heartbeat is due.
+    pub(super) fn tick(&self) -> Duration {
+        self.heartbeats.interval.saturating_sub(self.last_beat.elapsed()).max(Duration::from_millis(10))
+    }
+
     /// Whether a spawn is still being placed (the job has not ended while one is).
     pub(super) fn placing(&self) -> bool {
         !self.pending.is_empty()
@@ -80,7 +90,7 @@ impl Remote {
 
 impl Bridge {
     pub(super) fn new_deployed(deployment: Deployment) -> io::Result<Bridge> {
-        let Deployment { scheduler, bind, json, args, vars, resources, stdin } = deployment;
+        let Deployment { scheduler, bind, json, args, vars, resources, stdin, heartbeats } = deployment;
         let listener = sys::bind_ephemeral(bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -118,6 +128,8 @@ impl Bridge {
             stdin_buf: Vec::new(),
             stdin_ended,
             stdin_closed: false,
+            heartbeats,
+            last_beat: Instant::now(),
         });
         bridge.next_incarnation = 1;
         let options = SpawnOptions::default();
@@ -169,6 +181,7 @@ impl Bridge {
             token: self.token,
             bridge_os_pid: 0,
             bridge_addr: Some(remote.addr),
+            heartbeats: Some(remote.heartbeats),
             cgroup: cgroup.clone(),
             closure,
         };
@@ -408,6 +421,35 @@ impl Bridge {
         remote.next_ask += 1;
         remote.capacity_asks.insert(id, (asker, request));
         self.ask_scheduler(&ToScheduler::Capacity { id, resources });
+    }
+
+    /// Tells every monitor this bridge is alive, once per interval, and declares
+    /// lost each process whose monitor has been silent for the fence plus the
+    /// margin: by then the monitor, if it lives, has killed it.
+    pub(super) fn exchange_heartbeats(&mut self) {
+        let Some(remote) = &mut self.remote else { return };
+        let silent_limit = remote.heartbeats.fence + remote.heartbeats.margin;
+        if remote.last_beat.elapsed() < remote.heartbeats.interval {
+            return;
+        }
+        remote.last_beat = Instant::now();
+        let alive: Vec<(Pid, bool)> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.status.is_none())
+            .map(|(&pid, p)| (pid, p.monitor_heard.elapsed() > silent_limit))
+            .collect();
+        for (pid, silent) in alive {
+            if silent {
+                self.printer.warning(&format!("{pid} has not been heard from for {silent_limit:?}: it is lost"));
+                if let Some(key) = self.procs.get(&pid).and_then(|p| p.monitor) {
+                    self.close_conn(key);
+                }
+                self.on_exit(pid, ExitStatus::Lost);
+            } else if self.procs.get(&pid).is_some_and(|p| p.monitor.is_some()) {
+                self.command(pid, &crate::proto::Command::Heartbeat);
+            }
+        }
     }
 
     /// Reads the top process's input as it comes.
