@@ -598,16 +598,17 @@ impl Master {
             return self.release(job, id);
         };
         let sent = writer.ok_or_else(|| io::Error::other("the node is not connected")).and_then(|writer| {
-            let mut writer = writer.lock();
-            // Under the node's writer lock, so a binary is sent to a node once.
+            // Under the node's binaries lock, so a binary is sent to a node once
+            // and one at a time; the writer is locked per chunk, so heartbeat
+            // acknowledgements go out during a long upload.
             let mut binaries = binaries.lock();
             if !binaries.contains(&hash) {
-                send_binary(&mut writer, &hash, &binary)?;
+                send_binary(&writer, &hash, &binary)?;
                 log::info!("sent binary {hash} to node {addr}");
                 binaries.insert(hash.clone());
             }
             drop(binaries);
-            write_frame(&mut *writer, &ToNode::Spawn { job, id, hash, image })
+            write_frame(&mut *writer.lock(), &ToNode::Spawn { job, id, hash, image })
         });
         if let Err(error) = sent {
             self.release(job, id);
@@ -617,7 +618,7 @@ impl Master {
     }
 }
 
-fn send_binary(writer: &mut TcpStream, hash: &str, path: &PathBuf) -> io::Result<()> {
+fn send_binary(writer: &Mutex<TcpStream>, hash: &str, path: &PathBuf) -> io::Result<()> {
     let mut file = std::fs::File::open(path)?;
     let mut chunk = vec![0u8; CHUNK];
     let size = file.metadata()?.len();
@@ -626,7 +627,8 @@ fn send_binary(writer: &mut TcpStream, hash: &str, path: &PathBuf) -> io::Result
         let n = file.read(&mut chunk)?;
         sent += n as u64;
         let last = n == 0 || sent >= size;
-        write_frame(writer, &ToNode::BinaryChunk { hash: hash.to_string(), len: n as u32, last })?;
+        let mut writer = writer.lock();
+        write_frame(&mut *writer, &ToNode::BinaryChunk { hash: hash.to_string(), len: n as u32, last })?;
         writer.write_all(&chunk[..n])?;
         if last {
             return Ok(());

@@ -406,8 +406,10 @@ impl Bridge {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
-                    self.printer
-                        .warning(&format!("dropping the connection of {pid}, which sent a corrupt frame: {error}"));
+                    if role != Role::Greeting {
+                        let warning = format!("dropping the connection of {pid}, which sent a corrupt frame: {error}");
+                        self.printer.warning(&warning);
+                    }
                     closed = true;
                     break;
                 }
