@@ -115,6 +115,9 @@ fn exit_codes_and_panics_propagate() {
     let finished = cluster.deploy("cluster_scenarios", &["exit", "7"]).run();
     assert_eq!(finished.code, Some(7), "{}", finished.stderr_text());
     assert!(finished.all_stdout().contains("child ran"));
+    // A closure larger than any frame a daemon takes from a stranger.
+    let finished = cluster.deploy("cluster_scenarios", &["big_closure", "16"]).run();
+    assert_eq!(finished.line("the child got"), "the child got 16777216 bytes", "{}", cluster.logs());
     let finished = cluster.deploy("cluster_scenarios", &["no such scenario"]).run();
     assert_eq!(finished.code, Some(101), "{}", finished.stderr_text());
     let exit = &finished.exits()[&finished.top()];

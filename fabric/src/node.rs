@@ -8,7 +8,7 @@
 use crate::{
     auth::{self, Role},
     reaper,
-    wire::{read_frame, write_frame, FromNode, ToNode, MAX_FRAME},
+    wire::{read_frame, write_frame, FromNode, ToNode, MAX_FRAME, MAX_MASTER_FRAME},
 };
 use constellation::cluster::{self, ProcessImage};
 use parking_lot::Mutex;
@@ -188,7 +188,7 @@ impl Node {
         })?;
         let mut upload: Option<(String, fs::File, PathBuf)> = None;
         loop {
-            match read_frame(stream, MAX_FRAME)? {
+            match read_frame(stream, MAX_MASTER_FRAME)? {
                 ToNode::Config { .. } => {}
                 ToNode::HeartbeatAck { seq } => {
                     let Some(sent) = session.sent.lock().remove(&seq) else { continue };

@@ -10,6 +10,9 @@ use std::io::{self, Read, Write};
 
 /// The largest frame on a daemon connection: binaries cross in chunks below it.
 pub const MAX_FRAME: usize = 4 << 20;
+/// The largest frame from an authenticated master: a spawn carries its closure,
+/// which may hold much data.
+pub const MAX_MASTER_FRAME: usize = 1 << 30;
 /// The size of one chunk of an uploaded binary.
 pub const CHUNK: usize = 1 << 20;
 

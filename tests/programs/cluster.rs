@@ -137,6 +137,17 @@ fn main() {
             .expect("spawning the child");
             println!("cpu ms: {}", Receiver::<u64>::new(child).recv().block().expect("the child's answer"));
         }
+        // A child whose closure holds `MIB` of data says how much it got.
+        "big_closure" => {
+            let data = vec![7u8; (number(1) << 20) as usize];
+            let child = spawn(
+                Resources::default(),
+                FnOnce!(move |parent: Pid| Sender::<usize>::new(parent).send(data.len()).block()),
+            )
+            .block()
+            .expect("spawning the child");
+            println!("the child got {} bytes", Receiver::<usize>::new(child).recv().block().expect("an answer"));
+        }
         // How many processes of `MIB` the job's machines hold.
         "capacity" => {
             println!("capacity: {}", capacity(Resources { mem: number(1) * Mem::MIB, ..Resources::default() }))
