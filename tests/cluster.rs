@@ -384,3 +384,29 @@ fn processes_whose_bridge_falls_silent_are_fenced_by_their_monitors() {
     assert_eq!(finished.code, Some(1), "the top process was lost too: {}", finished.stderr_text());
     finished.assert_nothing_left();
 }
+
+#[test]
+fn a_spawn_that_waits_for_room_the_job_itself_holds_fails_instead_of_hanging() {
+    // The top process holds 100 MiB of the node's 1 GiB; its child wants 1000 MiB,
+    // which fits only once the top process is gone. Every live process of the job
+    // then waits in spawn: the spawn fails with NoCapacity.
+    let node = util::cluster::Node { ip: "127.0.0.2", mem: "1 GiB", cpu: 1.0 };
+    let cluster = Cluster::start(&[node], &[]);
+    let finished = cluster.deploy("cluster_scenarios", &["where", "1000"]).deadline(Duration::from_secs(20)).run();
+    assert_eq!(finished.code, Some(101), "{}", finished.stderr_text());
+    let exit = &finished.exits()[&finished.top()];
+    assert!(exit["panic"].as_str().unwrap().contains("NoCapacity"), "{exit}");
+    finished.assert_nothing_left();
+}
+
+#[test]
+fn cargo_deploy_builds_the_example_it_is_given() {
+    let node = util::cluster::Node { ip: "127.0.0.2", mem: "2 GiB", cpu: 1.0 };
+    let cluster = Cluster::start(&[node], &[]);
+    let mut command = std::process::Command::new(util::cluster::workspace_binary("cargo-deploy"));
+    command.current_dir(env!("CARGO_MANIFEST_DIR")).args(["deploy", "--example", "hello", &cluster.master.addr]);
+    let output = command.output().expect("running cargo deploy");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("Hello, world! I am the top process"), "{stdout}\n{stderr}");
+}
