@@ -3,9 +3,13 @@
 //! job on Ctrl-C, and exits with the top process's exit code.
 
 use clap::Parser;
-use constellation_fabric::{auth, client::Deploy, wire::ToBridge};
+use constellation_fabric::{
+    auth,
+    client::{print_output, Deploy},
+    wire::ToBridge,
+};
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Read},
     path::PathBuf,
     process::{Command, ExitCode, Stdio},
 };
@@ -103,15 +107,7 @@ fn run(cli: Cli) -> Result<i32, String> {
     let deployed = deploy.start()?;
     forward_ctrl_c(deployed.sender())?;
     forward_stdin(deployed.sender());
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
-    deployed.wait(|fd, data| {
-        // Nowhere to report a closed terminal; the job goes on.
-        let _ = match fd {
-            1 => stdout.lock().write_all(data).and_then(|()| stdout.lock().flush()),
-            _ => stderr.lock().write_all(data),
-        };
-    })
+    deployed.wait(print_output)
 }
 
 /// `salloc OPTIONS constellation slurm ... BINARY -- ARGS`: the job in a new

@@ -90,6 +90,15 @@ impl Deployed {
     }
 }
 
+/// Writes a job's output where `cargo run` would: fd 1 to stdout, 2 to stderr.
+pub fn print_output(fd: u8, data: &[u8]) {
+    // Nowhere to report a closed terminal; the job goes on.
+    let _ = match fd {
+        1 => std::io::stdout().lock().write_all(data).and_then(|()| std::io::stdout().lock().flush()),
+        _ => std::io::stderr().lock().write_all(data),
+    };
+}
+
 fn connect(addr: &str) -> Result<TcpStream, String> {
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()

@@ -440,14 +440,7 @@ fn run_slurm(
                 send(&constellation_fabric::wire::ToBridge::Stop);
             }
         });
-        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-        deployed.wait(|fd, data| {
-            use std::io::Write;
-            let _ = match fd {
-                1 => stdout.lock().write_all(data).and_then(|()| stdout.lock().flush()),
-                _ => stderr.lock().write_all(data),
-            };
-        })
+        deployed.wait(client::print_output)
     });
     on_srun_end.lock().take();
     stop_daemons(Some(&master));
