@@ -59,7 +59,6 @@ pub enum FromScheduler {
 }
 
 /// What a deployed job's bridge is given.
-#[derive(Debug)]
 pub struct Deployment {
     /// The connection to the master's scheduler (frames of `ToScheduler` out,
     /// `FromScheduler` in).
@@ -79,10 +78,23 @@ pub struct Deployment {
     pub stdin: Option<UnixStream>,
     /// How the bridge and its processes' monitors watch each other.
     pub heartbeats: Heartbeats,
+    /// Where the job's output goes, in order: called with 1 (stdout) or 2
+    /// (stderr) and the bytes, as `cargo run` would write them.
+    pub output: OutputSink,
 }
 
-/// Runs a deployed job's bridge until the job has ended, printing its output on
-/// fds 1 and 2; returns the top process's exit code.
+/// Where a deployed job's output goes: called with 1 (stdout) or 2 (stderr) and
+/// the bytes.
+pub type OutputSink = Box<dyn FnMut(u8, &[u8]) + Send>;
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment").field("bind", &self.bind).field("json", &self.json).finish_non_exhaustive()
+    }
+}
+
+/// Runs a deployed job's bridge until the job has ended, giving its output to
+/// `deployment.output`; returns the top process's exit code.
 pub fn run_bridge(deployment: Deployment) -> i32 {
     bridge::run_deployed(deployment)
 }

@@ -410,3 +410,34 @@ fn cargo_deploy_builds_the_example_it_is_given() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("Hello, world! I am the top process"), "{stdout}\n{stderr}");
 }
+
+#[test]
+fn cargo_deploy_shows_the_human_format_in_the_order_cargo_run_does() {
+    let node = util::cluster::Node { ip: "127.0.0.2", mem: "2 GiB", cpu: 1.0 };
+    let cluster = Cluster::start(&[node], &[]);
+    // stdout and stderr into one pipe, as on a terminal.
+    let merged = |program: String| {
+        let output = std::process::Command::new("sh")
+            .args(["-c", &format!("{program} 2>&1")])
+            .env("CONSTELLATION_FORMAT", "human")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let hello = util::example("hello").display().to_string();
+    let deploy = util::cluster::workspace_binary("cargo-deploy").display().to_string();
+    for _ in 0..3 {
+        let shown = merged(format!("{deploy} deploy --binary {hello} {}", cluster.master.addr));
+        let lines: Vec<&str> = shown.lines().collect();
+        assert!(lines.len() > 2, "{shown}");
+        // The top process's header, then its lines, indented, before the next
+        // header (the child's).
+        assert!(lines[0].len() == 8 && lines[0].ends_with(':'), "{shown}");
+        let next_header = lines[1..].iter().position(|l| !l.starts_with("   ")).map_or(lines.len(), |p| p + 1);
+        assert!(
+            lines[1..next_header].iter().any(|l| l.starts_with("   Hello, world! I am the top process")),
+            "{shown}"
+        );
+        assert!(lines.contains(&"   exited: 0"), "{shown}");
+    }
+}

@@ -14,7 +14,7 @@ use std::{
     io::{self, Read, Write},
     net::TcpStream,
     os::{
-        fd::{AsRawFd, FromRawFd, RawFd},
+        fd::{FromRawFd, RawFd},
         unix::net::UnixStream,
     },
     process::{Command, Stdio},
@@ -52,8 +52,8 @@ pub fn run(fds: &str) -> ! {
             std::process::exit(1)
         }
     };
-    let relays = match redirect_output(&deploy) {
-        Ok(relays) => relays,
+    let (output, relay) = match relay_output(&deploy) {
+        Ok(relay) => relay,
         Err(error) => {
             let message = format!("redirecting the job's output: {error}");
             let _ = write_frame(&mut *deploy.lock(), &FromBridge::Error { message });
@@ -81,17 +81,11 @@ pub fn run(fds: &str) -> ! {
         resources,
         stdin: Some(stdin_theirs),
         heartbeats: settings.heartbeats,
+        output,
     });
-    // Close this process's ends of the output pipes so the relays see their end.
-    if let Ok(null) = File::open("/dev/null") {
-        for fd in [1, 2] {
-            // SAFETY: dup2 of a valid fd onto 1 and 2 only replaces them.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
-    for relay in relays {
-        let _ = relay.join();
-    }
+    // The bridge, and with it the queue's sender, is gone: the relay ends once
+    // it has written everything.
+    let _ = relay.join();
     let _ = write_frame(&mut *deploy.lock(), &FromBridge::Exit { code });
     std::process::exit(code)
 }
@@ -151,44 +145,24 @@ fn probe(settings: &BridgeSettings) -> Result<Resources, String> {
 /// monitors while a terminal is paused.
 const OUTPUT_QUEUE: usize = 1024;
 
-/// Points fds 1 and 2 at pipes whose contents are relayed to `cargo deploy`,
-/// through a bounded queue and a writer thread of their own.
-fn redirect_output(deploy: &Arc<Mutex<TcpStream>>) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+/// The job's output, in the order the bridge prints it, relayed to `cargo
+/// deploy` through a bounded queue by a thread of its own. Returns where the
+/// bridge writes and the thread, which ends once that is dropped.
+fn relay_output(deploy: &Arc<Mutex<TcpStream>>) -> io::Result<(cluster::OutputSink, std::thread::JoinHandle<()>)> {
     let (queue, queued) = std::sync::mpsc::sync_channel::<FromBridge>(OUTPUT_QUEUE);
-    let mut relays = Vec::new();
-    for fd in [1u8, 2] {
-        let (read, write) = crate::os::pipe()?;
-        // SAFETY: dup2 onto fd 1 or 2 replaces only that fd.
-        if unsafe { libc::dup2(write.as_raw_fd(), i32::from(fd)) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        drop(write);
-        let queue = queue.clone();
-        relays.push(std::thread::Builder::new().name(format!("relay-{fd}")).spawn(move || {
-            let mut read = File::from(read);
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match read.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if queue.send(FromBridge::Output { fd, data: buf[..n].to_vec() }).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        })?);
-    }
-    drop(queue);
     let deploy = deploy.clone();
-    relays.push(std::thread::Builder::new().name("relay-out".into()).spawn(move || {
+    let relay = std::thread::Builder::new().name("relay".into()).spawn(move || {
         for output in queued {
             if write_frame(&mut *deploy.lock(), &output).is_err() {
                 break;
             }
         }
-    })?);
-    Ok(relays)
+    })?;
+    let output = move |fd: u8, data: &[u8]| {
+        // If cargo deploy is gone, the job is being stopped; the output is dropped.
+        let _ = queue.send(FromBridge::Output { fd, data: data.to_vec() });
+    };
+    Ok((Box::new(output), relay))
 }
 
 /// Passes `cargo deploy`'s input on to the job (through `stdin`), and stops the

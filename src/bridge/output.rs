@@ -8,7 +8,6 @@ const STDOUT: i32 = 1;
 const STDERR: i32 = 2;
 
 /// The job's output, in the format chosen at start.
-#[derive(Debug)]
 pub(crate) struct Printer {
     json: bool,
     colour: bool,
@@ -16,22 +15,43 @@ pub(crate) struct Printer {
     current: Option<Pid>,
     /// Whether the last line printed has not ended yet.
     mid_line: bool,
+    /// Where the output goes, if not to fds 1 and 2.
+    sink: Option<Sink>,
 }
 
-fn write(fd: i32, bytes: &[u8]) {
-    // A closed stdout or stderr must not stop the job; what cannot be shown is dropped.
-    let _ = sys::write_all(fd, bytes);
+impl std::fmt::Debug for Printer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Printer").field("json", &self.json).field("to_sink", &self.sink.is_some()).finish()
+    }
 }
+
+/// Where a deployed job's output goes instead of this process's fds 1 and 2,
+/// in the order it is printed.
+pub(crate) use crate::cluster::OutputSink as Sink;
 
 impl Printer {
     pub(crate) fn new(json: bool) -> Printer {
-        Printer { json, colour: !json && sys::is_terminal(STDERR), current: None, mid_line: false }
+        Printer { json, colour: !json && sys::is_terminal(STDERR), current: None, mid_line: false, sink: None }
     }
 
-    fn event(&self, value: Value) {
+    /// A printer whose output goes to `sink`, uncoloured.
+    pub(crate) fn to_sink(json: bool, sink: Sink) -> Printer {
+        Printer { json, colour: false, current: None, mid_line: false, sink: Some(sink) }
+    }
+
+    fn write(&mut self, fd: i32, bytes: &[u8]) {
+        match &mut self.sink {
+            Some(sink) => sink(fd as u8, bytes),
+            // A closed stdout or stderr must not stop the job; what cannot be
+            // shown is dropped.
+            None => drop(sys::write_all(fd, bytes)),
+        }
+    }
+
+    fn event(&mut self, value: Value) {
         let mut line = value.to_string();
         line.push('\n');
-        write(STDOUT, line.as_bytes());
+        self.write(STDOUT, line.as_bytes());
     }
 
     /// Prints `pid`'s header if another process printed last.
@@ -40,7 +60,7 @@ impl Printer {
             return;
         }
         if self.mid_line {
-            write(STDERR, b"\n");
+            self.write(STDERR, b"\n");
             self.mid_line = false;
         }
         let header = if self.colour {
@@ -49,7 +69,7 @@ impl Printer {
         } else {
             format!("{pid}:\n")
         };
-        write(STDERR, header.as_bytes());
+        self.write(STDERR, header.as_bytes());
         self.current = Some(pid);
     }
 
@@ -57,11 +77,11 @@ impl Printer {
     fn note(&mut self, pid: Pid, text: &str) {
         self.switch_to(pid);
         if self.mid_line {
-            write(STDERR, b"\n");
+            self.write(STDERR, b"\n");
             self.mid_line = false;
         }
         let line = if self.colour { format!("   \x1b[2m{text}\x1b[0m\n") } else { format!("   {text}\n") };
-        write(STDERR, line.as_bytes());
+        self.write(STDERR, line.as_bytes());
     }
 
     /// The job's first event: its top process.
@@ -92,9 +112,9 @@ impl Printer {
         let target = if fd == 2 { STDERR } else { STDOUT };
         for line in data.split_inclusive(|&b| b == b'\n') {
             if !self.mid_line {
-                write(STDERR, b"   ");
+                self.write(STDERR, b"   ");
             }
-            write(target, line);
+            self.write(target, line);
             self.mid_line = !line.ends_with(b"\n");
         }
     }
@@ -146,11 +166,11 @@ impl Printer {
             self.event(json!({"event": "warning", "message": text}));
         } else {
             if self.mid_line {
-                write(STDERR, b"\n");
+                self.write(STDERR, b"\n");
                 self.mid_line = false;
             }
             self.current = None;
-            write(STDERR, format!("constellation: {text}\n").as_bytes());
+            self.write(STDERR, format!("constellation: {text}\n").as_bytes());
         }
     }
 }

@@ -90,7 +90,7 @@ impl Remote {
 
 impl Bridge {
     pub(super) fn new_deployed(deployment: Deployment) -> io::Result<Bridge> {
-        let Deployment { scheduler, bind, json, args, vars, resources, stdin, heartbeats } = deployment;
+        let Deployment { scheduler, bind, json, args, vars, resources, stdin, heartbeats, output } = deployment;
         let listener = sys::bind_ephemeral(bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -101,6 +101,7 @@ impl Bridge {
         // stands in (it names nothing).
         let placeholder = Pid::new(addr, 0);
         let mut bridge = Bridge::empty(sys::random_u64(), placeholder, sys::getpid(), json)?;
+        bridge.printer = super::output::Printer::to_sink(json, output);
         bridge.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         bridge.poll.registry().register(&mut scheduler, SCHEDULER, Interest::READABLE | Interest::WRITABLE)?;
         let environment = Environment { args, vars, cwd: Vec::new() };
