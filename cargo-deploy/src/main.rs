@@ -6,10 +6,9 @@ use clap::Parser;
 use constellation_fabric::{
     auth,
     client::{print_output, Deploy},
-    wire::ToBridge,
 };
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Command, ExitCode, Stdio},
 };
@@ -105,8 +104,8 @@ fn run(cli: Cli) -> Result<i32, String> {
     let json = std::env::var("CONSTELLATION_FORMAT").is_ok_and(|f| f == "json");
     let deploy = Deploy { bridge, cookie: &cookie, binary: &binary, args: cli.args.clone(), vars, json };
     let deployed = deploy.start()?;
-    forward_ctrl_c(deployed.sender())?;
-    forward_stdin(deployed.sender());
+    deployed.stop_on(&[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    deployed.forward_stdin();
     deployed.wait(print_output)
 }
 
@@ -124,38 +123,6 @@ fn run_in_slurm(salloc: &str, cli: &Cli, binary: &std::path::Path) -> Result<i32
     command.arg(binary).arg("--").args(&cli.args);
     let status = command.status().map_err(|e| format!("cannot run salloc (is Slurm's client installed?): {e}"))?;
     Ok(status.code().unwrap_or(1))
-}
-
-/// Sends this process's stdin to the job's top process, then its end.
-fn forward_stdin(send: impl Fn(&ToBridge) -> bool + Send + 'static) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut stdin = std::io::stdin().lock();
-        loop {
-            let data = match stdin.read(&mut buf) {
-                Ok(n) => buf[..n].to_vec(),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => Vec::new(),
-            };
-            let end = data.is_empty();
-            if !send(&ToBridge::Stdin { data }) || end {
-                return;
-            }
-        }
-    });
-}
-
-/// Sends Stop to the bridge on each Ctrl-C; the job's processes end and the bridge
-/// reports the exit code as for a local run.
-fn forward_ctrl_c(send: impl Fn(&ToBridge) -> bool + Send + 'static) -> Result<(), String> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .map_err(|e| format!("handling Ctrl-C: {e}"))?;
-    std::thread::spawn(move || {
-        for _ in signals.forever() {
-            send(&ToBridge::Stop);
-        }
-    });
-    Ok(())
 }
 
 /// Builds the program with cargo; returns the executable cargo names.

@@ -7,7 +7,7 @@ use crate::{
     wire::{hash_hex, read_frame, write_frame, FromBridge, ToBridge, CHUNK, MAX_FRAME},
 };
 use std::{
-    io::Write,
+    io::{Read, Write},
     net::{SocketAddr, TcpStream, ToSocketAddrs},
     path::Path,
     sync::{Arc, Mutex},
@@ -72,6 +72,40 @@ impl Deployed {
     pub fn sender(&self) -> impl Fn(&ToBridge) -> bool + Send + 'static {
         let writer = self.writer.clone();
         move |message| writer.lock().map(|mut w| write_frame(&mut *w, message).is_ok()).unwrap_or(false)
+    }
+
+    /// Sends this process's stdin to the job's top process, then its end, from a
+    /// thread of its own.
+    pub fn forward_stdin(&self) {
+        let send = self.sender();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                let data = match stdin.read(&mut buf) {
+                    Ok(n) => buf[..n].to_vec(),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => Vec::new(),
+                };
+                let end = data.is_empty();
+                if !send(&ToBridge::Stdin { data }) || end {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stops the job (as Ctrl-C does on one machine) whenever this process gets
+    /// one of `signals`.
+    pub fn stop_on(&self, signals: &[i32]) -> Result<(), String> {
+        let send = self.sender();
+        let mut signals = signal_hook::iterator::Signals::new(signals).map_err(|e| format!("handling Ctrl-C: {e}"))?;
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                send(&ToBridge::Stop);
+            }
+        });
+        Ok(())
     }
 
     /// Reads the job's output (given to `output` with its fd, 1 or 2) until it

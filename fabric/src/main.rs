@@ -432,14 +432,8 @@ fn run_slurm(
             log::warn!("the node daemons have ended (the allocation was cancelled or ran out); stopping the job");
             stop(&constellation_fabric::wire::ToBridge::Stop);
         }));
-        let send = deployed.sender();
-        let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
-            .map_err(|e| format!("handling signals: {e}"))?;
-        std::thread::spawn(move || {
-            for _ in signals.forever() {
-                send(&constellation_fabric::wire::ToBridge::Stop);
-            }
-        });
+        deployed.stop_on(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+        deployed.forward_stdin();
         deployed.wait(client::print_output)
     });
     on_srun_end.lock().take();
