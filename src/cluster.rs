@@ -172,11 +172,6 @@ pub fn monotonic_ns() -> u64 {
     sys::monotonic_ns()
 }
 
-/// The machine's physical memory in bytes.
-pub fn physical_memory() -> u64 {
-    sys::physical_memory()
-}
-
 /// Eight random bytes from the kernel.
 pub fn random_u64() -> u64 {
     sys::random_u64()

@@ -3,7 +3,10 @@
 mod util;
 
 use std::{collections::BTreeMap, time::Duration};
-use util::{cluster::Cluster, Job};
+use util::{
+    cluster::{alive, worker_lives, Cluster},
+    Job,
+};
 
 /// `line` with loopback addresses (`127.x.y.z:port`, which differ between runs
 /// and nodes) blanked.
@@ -193,12 +196,6 @@ fn ctrl_c_or_a_vanished_cargo_deploy_stops_the_job_and_leaves_nothing() {
 /// acknowledged heartbeat.
 const FAST_LEASES: [&str; 6] = ["--heartbeat", "0.2", "--lease", "2", "--margin", "1"];
 
-/// Whether OS process `pid` exists (and is not a zombie).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
-}
-
 /// The OS pids of `pid`'s parent, its parent's parent, and so on.
 fn ancestors(mut pid: i32) -> Vec<i32> {
     let mut found = Vec::new();
@@ -214,23 +211,10 @@ fn ancestors(mut pid: i32) -> Vec<i32> {
     found
 }
 
-/// The (ip, OS pid) of each "worker on IP os PID" line so far.
-fn workers(running: &util::Running) -> Vec<(String, i32)> {
-    running
-        .stdout_text()
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("worker on ")?;
-            let (ip, pid) = rest.split_once(" os ")?;
-            Some((ip.to_string(), pid.trim().parse().ok()?))
-        })
-        .collect()
-}
-
 fn wait_for_workers(running: &util::Running, count: usize, within: Duration, cluster: &Cluster) -> Vec<(String, i32)> {
     let deadline = std::time::Instant::now() + within;
     loop {
-        let found = workers(running);
+        let found = worker_lives(running);
         if found.len() >= count {
             return found;
         }
@@ -337,8 +321,14 @@ fn a_round_robin_fanout_spreads_and_survives_a_node_killed_midway() {
     // The top process lands on the first node; kill the last while inputs run there.
     let running = cluster.deploy("cluster_scenarios", &["fanout", "18", "1500"]).start();
     running.wait_for_stdout("fanout started", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(700));
-    node_at(&cluster, "127.0.0.4").signal(libc::SIGKILL);
+    let node = node_at(&cluster, "127.0.0.4");
+    // Wait (bounded) until inputs run there: processes of the job under that node's daemon.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !util::processes_with_marker(running.marker()).into_iter().any(|p| ancestors(p).contains(&node.pid())) {
+        assert!(std::time::Instant::now() < deadline, "no input ran on 127.0.0.4\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    node.signal(libc::SIGKILL);
     let finished = running.finish();
     assert_eq!(finished.code, Some(0), "{}\n{}", finished.stderr_text(), cluster.logs());
     assert_eq!(finished.line("results:"), "results: 18 of 18 right", "every input came back despite the lost node");

@@ -11,7 +11,7 @@ use std::{
     process::Command,
     time::{Duration, Instant},
 };
-use util::cluster::{deploy_to, workspace_binary, Daemon};
+use util::cluster::{alive, deploy_to, worker_lives, workspace_binary, Daemon};
 
 /// A network namespace and the veth pair that joins it to the host; removed
 /// when dropped.
@@ -70,11 +70,6 @@ impl Drop for Namespace {
     }
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
-}
-
 #[test]
 fn a_partitioned_node_is_fenced_and_its_worker_restarted_elsewhere_never_twice() {
     // SAFETY: geteuid has no preconditions.
@@ -122,20 +117,10 @@ fn a_partitioned_node_is_fenced_and_its_worker_restarted_elsewhere_never_twice()
     let logs = || format!("master:\n{}\nhost node:\n{}\ninner node:\n{}", master.log(), host.log(), inner.log());
 
     let running = deploy_to(&master.addr, "cluster_scenarios", &["--cookie-file", &cookie], &["partitionable"]).start();
-    let lives = |running: &util::Running| -> Vec<(String, i32)> {
-        running
-            .stdout_text()
-            .lines()
-            .filter_map(|l| {
-                let (ip, pid) = l.strip_prefix("worker on ")?.split_once(" os ")?;
-                Some((ip.to_string(), pid.trim().parse().ok()?))
-            })
-            .collect()
-    };
     let wait_lives = |count: usize, within: Duration| {
         let deadline = Instant::now() + within;
         loop {
-            let found = lives(&running);
+            let found = worker_lives(&running);
             if found.len() >= count {
                 return found;
             }

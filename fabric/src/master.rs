@@ -74,6 +74,13 @@ impl NodeState {
             && self.used_mem + resources.mem.bytes() <= self.spec.mem.bytes()
     }
 
+    /// Gives back what a process of `resources` held.
+    fn free(&mut self, resources: &Resources) {
+        self.used_mem = self.used_mem.saturating_sub(resources.mem.bytes());
+        self.used_cpu = (self.used_cpu - resources.cpu.cores()).max(0.0);
+        self.processes = self.processes.saturating_sub(1);
+    }
+
     /// How loaded it is, for spreading: the larger of its CPU and memory shares.
     fn load(&self) -> f64 {
         let cpu = self.used_cpu / self.spec.cpu.cores().max(1e-9);
@@ -388,11 +395,7 @@ impl Master {
     fn release(&self, job: u64, id: u64) {
         let placed = self.state.lock().jobs.get_mut(&job).and_then(|j| j.processes.remove(&id));
         if let Some((index, resources)) = placed {
-            let mut nodes = self.nodes.lock();
-            let node = &mut nodes[index];
-            node.used_mem = node.used_mem.saturating_sub(resources.mem.bytes());
-            node.used_cpu = (node.used_cpu - resources.cpu.cores()).max(0.0);
-            node.processes = node.processes.saturating_sub(1);
+            self.nodes.lock()[index].free(&resources);
         }
     }
 
@@ -524,11 +527,8 @@ impl Master {
         let hosts: HashSet<usize> = entry.processes.values().map(|&(node, _)| node).collect();
         {
             let mut nodes = self.nodes.lock();
-            for &(index, resources) in entry.processes.values() {
-                let node = &mut nodes[index];
-                node.used_mem = node.used_mem.saturating_sub(resources.mem.bytes());
-                node.used_cpu = (node.used_cpu - resources.cpu.cores()).max(0.0);
-                node.processes = node.processes.saturating_sub(1);
+            for (index, resources) in entry.processes.values() {
+                nodes[*index].free(resources);
             }
         }
         for index in hosts {

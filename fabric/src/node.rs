@@ -191,8 +191,13 @@ impl Node {
             match read_frame(stream, MAX_MASTER_FRAME)? {
                 ToNode::Config { .. } => {}
                 ToNode::HeartbeatAck { seq } => {
-                    let Some(sent) = session.sent.lock().remove(&seq) else { continue };
-                    session.sent.lock().retain(|&s, _| s > seq);
+                    let sent = {
+                        let mut sent = session.sent.lock();
+                        let at = sent.remove(&seq);
+                        sent.retain(|&s, _| s > seq);
+                        at
+                    };
+                    let Some(sent) = sent else { continue };
                     let deadline = sent + lease.as_nanos() as u64;
                     if deadline > session.deadline.load(Ordering::SeqCst) {
                         session.deadline.store(deadline, Ordering::SeqCst);

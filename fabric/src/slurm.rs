@@ -158,16 +158,19 @@ pub fn await_registrations(
 /// with the master at `master`. Returns the listener to serve on.
 pub fn register(master: SocketAddr, cookie: &[u8]) -> Result<TcpListener, String> {
     let name = std::env::var("SLURMD_NODENAME").map_err(|_| "SLURMD_NODENAME is not set: run under srun")?;
-    let ip: IpAddr = node_field(&name, "NodeAddr")?.parse().or_else(|_| {
-        use std::net::ToSocketAddrs;
-        let addr = node_field(&name, "NodeAddr")?;
-        (addr.as_str(), 0)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .map(|a| a.ip())
-            .ok_or(format!("cannot resolve the NodeAddr {addr} of {name}"))
-    })?;
+    let node_addr = node_field(&name, "NodeAddr")?;
+    let ip: IpAddr = match node_addr.parse() {
+        Ok(ip) => ip,
+        Err(_) => {
+            use std::net::ToSocketAddrs;
+            (node_addr.as_str(), 0)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .map(|a| a.ip())
+                .ok_or(format!("cannot resolve the NodeAddr {node_addr} of {name}"))?
+        }
+    };
     let listener = TcpListener::bind((ip, 0)).map_err(|e| format!("binding a port on {ip}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let mut stream = TcpStream::connect_timeout(&master, Duration::from_secs(10))

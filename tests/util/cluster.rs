@@ -232,3 +232,21 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Whether OS process `pid` exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+}
+
+/// The (ip, OS pid) of each "worker on IP os PID" line the job printed so far.
+pub fn worker_lives(running: &super::Running) -> Vec<(String, i32)> {
+    running
+        .stdout_text()
+        .lines()
+        .filter_map(|line| {
+            let (ip, pid) = line.strip_prefix("worker on ")?.split_once(" os ")?;
+            Some((ip.to_string(), pid.trim().parse().ok()?))
+        })
+        .collect()
+}
