@@ -4,6 +4,7 @@ use crate::{reactor::TimerSlot, runtime, sys};
 use std::{
     cell::Cell,
     future::Future,
+    mem::ManuallyDrop,
     os::fd::{AsRawFd, OwnedFd, RawFd},
     pin::{pin, Pin},
     sync::{
@@ -22,7 +23,7 @@ struct ThreadWaker {
     thread: Thread,
     notified: AtomicBool,
     polling: AtomicBool,
-    eventfd: Option<Arc<OwnedFd>>,
+    eventfd: Option<OwnedFd>,
 }
 
 impl Wake for ThreadWaker {
@@ -48,7 +49,7 @@ thread_local! {
         thread: thread::current(),
         notified: AtomicBool::new(false),
         polling: AtomicBool::new(false),
-        eventfd: sys::eventfd().ok().map(Arc::new),
+        eventfd: sys::eventfd().ok(),
     });
 }
 
@@ -74,32 +75,40 @@ pub trait Block: Future {
     where
         Self: Sized,
     {
-        let waker_state = THREAD_WAKER.with(Clone::clone);
-        let eventfd = waker_state.eventfd.clone();
-        let waker = Waker::from(waker_state.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut future = pin!(self);
-        loop {
-            WAIT_FD.with(|wait| wait.set(None));
-            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
-            // Whatever was queued goes out before this thread sleeps.
-            runtime::flush_queued();
-            match (WAIT_FD.with(Cell::take), &eventfd) {
-                (Some(socket), Some(eventfd)) => {
-                    waker_state.polling.store(true, Ordering::SeqCst);
-                    if !waker_state.notified.swap(false, Ordering::SeqCst) {
-                        let _ = sys::poll(&[(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)], None);
-                        waker_state.notified.store(false, Ordering::SeqCst);
-                    }
-                    waker_state.polling.store(false, Ordering::SeqCst);
-                    sys::eventfd_clear(eventfd.as_raw_fd());
+        THREAD_WAKER.with(|state| block_on(state, self))
+    }
+}
+
+/// The loop of [`Block::block`], with this thread's waker borrowed: a call costs
+/// no reference-count traffic unless the future keeps the waker.
+fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
+    // SAFETY: `Waker::from` takes over one count of the `Arc` without changing it,
+    // and `ManuallyDrop` never gives it back, so the count is untouched; `state`,
+    // held by this thread's local, outlives the waker, and clones of the waker
+    // take counts of their own.
+    let waker = ManuallyDrop::new(Waker::from(unsafe { Arc::from_raw(Arc::as_ptr(state)) }));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        WAIT_FD.with(|wait| wait.set(None));
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        // Whatever was queued goes out before this thread sleeps.
+        runtime::flush_queued();
+        match (WAIT_FD.with(Cell::take), &state.eventfd) {
+            (Some(socket), Some(eventfd)) => {
+                state.polling.store(true, Ordering::SeqCst);
+                if !state.notified.swap(false, Ordering::SeqCst) {
+                    let _ = sys::poll(&[(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)], None);
+                    state.notified.store(false, Ordering::SeqCst);
                 }
-                _ => {
-                    while !waker_state.notified.swap(false, Ordering::Acquire) {
-                        thread::park();
-                    }
+                state.polling.store(false, Ordering::SeqCst);
+                sys::eventfd_clear(eventfd.as_raw_fd());
+            }
+            _ => {
+                while !state.notified.swap(false, Ordering::Acquire) {
+                    thread::park();
                 }
             }
         }

@@ -29,7 +29,7 @@ use std::{
     future::Future,
     marker::PhantomData,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 /// Why `recv` returned no value.
@@ -242,42 +242,52 @@ impl<T: Serialize> Sender<T> {
     }
 
     fn queue(&self, net: &mut crate::net::Net, value: &T) {
+        let _ = self.queue_or_wait(net, value, None);
+    }
+
+    /// Queues `value`, or with a `waiter` waits while the buffer is full.
+    fn queue_or_wait(&self, net: &mut crate::net::Net, value: &T, waiter: Option<&Waker>) -> Poll<()> {
         let result = match &self.route {
-            Route::Channel(pid) => net.queue_value(*pid, value),
-            Route::Mail { to, mailbox } => codec::encode(value).map(|value| {
-                let type_name = std::any::type_name::<T>().to_owned();
-                net.request(&Request::Mail { to: to.clone(), mailbox: mailbox.clone(), type_name, value });
-            }),
+            Route::Channel(pid) => net.queue_value(*pid, value, waiter),
+            Route::Mail { to, mailbox } => {
+                if let Some(waker) = waiter {
+                    if !net.bridge_is_lost() && net.control_queued() >= SEND_BOUND {
+                        net.control_waker = Some(waker.clone());
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Ready(codec::encode(value).map(|value| {
+                    let type_name = std::any::type_name::<T>().to_owned();
+                    net.request(&Request::Mail { to: to.clone(), mailbox: mailbox.clone(), type_name, value });
+                }))
+            }
         };
-        if let Err(error) = result {
-            panic!("constellation: cannot serialise a value to send ({:?}): {error}", self.route);
+        match result {
+            Poll::Ready(Err(error)) => {
+                panic!("constellation: cannot serialise a value to send ({:?}): {error}", self.route)
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
         }
     }
 
     /// Ready when the buffer has room (or the peer is gone).
     fn poll_room(&self, cx: &mut Context<'_>, net: &mut crate::net::Net) -> Poll<()> {
-        let pid = match &self.route {
-            Route::Channel(pid) => *pid,
+        let ready = match &self.route {
+            Route::Channel(pid) => net.room_or_wait(*pid, cx.waker()),
             Route::Mail { .. } => {
-                if net.bridge_is_lost() || net.control_queued() < SEND_BOUND {
-                    return Poll::Ready(());
+                let ready = net.bridge_is_lost() || net.control_queued() < SEND_BOUND;
+                if !ready {
+                    net.control_waker = Some(cx.waker().clone());
                 }
-                net.control_waker = Some(cx.waker().clone());
-                return Poll::Pending;
+                ready
             }
         };
-        let peer = net.peer(pid);
-        if peer.gone() || peer.queued() < SEND_BOUND {
-            return Poll::Ready(());
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
-        peer.send_waker = Some(cx.waker().clone());
-        net.flush_peer(pid);
-        let peer = net.peer(pid);
-        if peer.gone() || peer.queued() < SEND_BOUND {
-            peer.send_waker = None;
-            return Poll::Ready(());
-        }
-        Poll::Pending
     }
 }
 
@@ -308,15 +318,12 @@ impl<T: Serialize> Future for Send<'_, T> {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        runtime::with_net(|net| {
-            if this.sender.poll_room(cx, net).is_pending() {
-                return Poll::Pending;
-            }
-            if let Some(value) = this.value.take() {
-                this.sender.queue(net, &value);
-            }
-            Poll::Ready(())
-        })
+        let Some(value) = &this.value else { return Poll::Ready(()) };
+        let queued = runtime::with_net(|net| this.sender.queue_or_wait(net, value, Some(cx.waker())));
+        if queued.is_ready() {
+            this.value = None;
+        }
+        queued
     }
 }
 

@@ -31,7 +31,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io::{self, Read, Write},
     os::fd::{AsRawFd, RawFd},
-    task::Waker,
+    task::{Poll, Waker},
 };
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
@@ -238,6 +238,11 @@ impl Net {
     /// The entry for `pid`, asking the bridge to say when it ends.
     pub(crate) fn peer(&mut self, pid: Pid) -> &mut Peer {
         let Net { peers, control, .. } = self;
+        Self::watched_peer(peers, control, pid)
+    }
+
+    /// [`Net::peer`], on the fields it needs, so callers can hold others too.
+    fn watched_peer<'a>(peers: &'a mut PidMap<Peer>, control: &mut Control, pid: Pid) -> &'a mut Peer {
         let peer = peers.entry(pid).or_default();
         if !peer.watched {
             peer.watched = true;
@@ -319,25 +324,75 @@ impl Net {
     }
 
     /// Queues a value for `pid`; values for a process that is gone are dropped.
-    pub(crate) fn queue_value<T: serde::Serialize>(&mut self, pid: Pid, value: &T) -> Result<(), CodecError> {
-        let peer = self.peer(pid);
+    /// With a `waiter`, waits instead while `pid`'s buffer is full: `Pending`, and
+    /// the waker is woken when there is room.
+    ///
+    /// The common case (room, no reply to hurry) costs one table lookup.
+    pub(crate) fn queue_value<T: serde::Serialize>(
+        &mut self,
+        pid: Pid,
+        value: &T,
+        waiter: Option<&Waker>,
+    ) -> Poll<Result<(), CodecError>> {
+        let Net { peers, control, dirty, .. } = self;
+        let peer = Self::watched_peer(peers, control, pid);
         if peer.gone() {
-            return Ok(());
+            return Poll::Ready(Ok(()));
+        }
+        if peer.queued() >= SEND_BOUND {
+            if let Some(waker) = waiter {
+                if !self.room_or_wait(pid, waker) {
+                    return Poll::Pending;
+                }
+            }
+            return Poll::Ready(self.append_value(pid, value));
         }
         let was_empty = peer.out.queued() == 0;
-        peer.out.append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
+        if let Err(error) = peer.out.append(|buf| codec::append_frame(buf, FRAME_DATA, value)) {
+            return Poll::Ready(Err(error));
+        }
         // A reply (a value sent after one was received from the same peer) goes
         // out at once, on this thread: in request/response, latency counts. Values
         // streamed one after another are left for the reactor to write together.
         let reply = std::mem::take(&mut peer.received_since_send);
         if was_empty && reply && peer.sock.is_some() {
             self.flush_peer(pid);
-            if self.peers.get(&pid).is_some_and(|p| p.queued() == 0) {
-                return Ok(());
+            if self.peers.get(&pid).is_some_and(|p| p.queued() > 0) {
+                self.mark_dirty(pid);
             }
+        } else if !peer.dirty {
+            peer.dirty = true;
+            dirty.push(pid);
         }
-        self.mark_dirty(pid);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Appends a value for `pid` whatever its buffer holds (the slow path of
+    /// [`Net::queue_value`]).
+    fn append_value<T: serde::Serialize>(&mut self, pid: Pid, value: &T) -> Result<(), CodecError> {
+        let peer = self.peer(pid);
+        if !peer.gone() {
+            peer.out.append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
+            self.mark_dirty(pid);
+        }
         Ok(())
+    }
+
+    /// Whether `pid`'s buffer has room (or it is gone); if not, keeps `waker` to
+    /// be woken when it has, after writing what the socket takes now.
+    pub(crate) fn room_or_wait(&mut self, pid: Pid, waker: &Waker) -> bool {
+        let peer = self.peer(pid);
+        if peer.gone() || peer.queued() < SEND_BOUND {
+            return true;
+        }
+        peer.send_waker = Some(waker.clone());
+        self.flush_peer(pid);
+        let peer = self.peer(pid);
+        if peer.gone() || peer.queued() < SEND_BOUND {
+            peer.send_waker = None;
+            return true;
+        }
+        false
     }
 
     fn mark_dirty(&mut self, pid: Pid) {
