@@ -18,10 +18,13 @@
 
 use crate::{
     codec,
-    net::{FRAME_CLOSE, FRAME_DATA, FRAME_OPEN, RECV_BOUND, SEND_BOUND},
+    inbox::Inbox,
+    lane::{Appended, Lane},
+    net::{Net, FRAME_CLOSE, FRAME_DATA, FRAME_OPEN, RECV_BOUND, SEND_BOUND},
     proto::{MailTo, Request},
     runtime, Pid,
 };
+use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use std::{
     convert::Infallible,
@@ -29,6 +32,7 @@ use std::{
     future::Future,
     marker::PhantomData,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, Waker},
 };
 
@@ -133,8 +137,8 @@ pub struct Sender<T: Serialize> {
 /// Where a `Sender`'s values go.
 #[derive(Debug, Clone)]
 enum Route {
-    /// The channel to a process's `Receiver`.
-    Channel(Pid),
+    /// The channel to a process's `Receiver`, and its outgoing side.
+    Channel(Pid, Arc<Lane>),
     /// A mailbox, through the bridge.
     Mail { to: MailTo, mailbox: String },
 }
@@ -154,17 +158,19 @@ impl<T: Serialize> Sender<T> {
     pub fn new(pid: Pid) -> Sender<T> {
         let me = runtime::get().me;
         assert!(pid != me, "constellation: cannot open a Sender from process {me} to itself");
-        runtime::with_net(|net| {
+        let lane = runtime::with_net(|net| {
             let peer = net.peer(pid);
             assert!(
                 !peer.has_sender,
                 "constellation: this process already has a Sender to {pid}; drop it before opening another"
             );
             peer.has_sender = true;
+            let lane = peer.lane.clone();
             net.connect(pid);
             net.open_sender(pid, std::any::type_name::<T>());
+            lane
         });
-        Sender { route: Route::Channel(pid), _type: PhantomData }
+        Sender { route: Route::Channel(pid, lane), _type: PhantomData }
     }
 
     /// A sender to the mailbox `mailbox` of process `pid` (see [`Mailbox`](crate::Mailbox)).
@@ -194,7 +200,7 @@ impl<T: Serialize> Sender<T> {
     /// The process this sends to, unless it sends to a registered name.
     pub fn remote_pid(&self) -> Option<Pid> {
         match &self.route {
-            Route::Channel(pid) | Route::Mail { to: MailTo::Pid(pid), .. } => Some(*pid),
+            Route::Channel(pid, _) | Route::Mail { to: MailTo::Pid(pid), .. } => Some(*pid),
             Route::Mail { to: MailTo::Name(_), .. } => None,
         }
     }
@@ -213,43 +219,31 @@ impl<T: Serialize> Sender<T> {
     /// Queues `value` now, or hands it back: [`SendError::Full`] if the buffer is
     /// full, [`SendError::Disconnected`] if the peer is known to have ended.
     pub fn try_send(&self, value: T) -> Result<(), SendError<T>> {
-        let pid = match &self.route {
-            Route::Channel(pid) => *pid,
-            Route::Mail { .. } => {
-                return runtime::with_net(|net| {
-                    if net.bridge_is_lost() {
-                        Err(SendError::Disconnected(value))
-                    } else if net.control_queued() >= SEND_BOUND {
-                        Err(SendError::Full(value))
-                    } else {
-                        self.queue(net, &value);
-                        Ok(())
-                    }
-                });
+        let refused = runtime::with_net(|net| match &self.route {
+            Route::Channel(pid, _) => {
+                let peer = net.peer(*pid);
+                (peer.gone(), peer.queued() >= SEND_BOUND)
             }
-        };
-        runtime::with_net(|net| {
-            let peer = net.peer(pid);
-            if peer.gone() {
-                return Err(SendError::Disconnected(value));
+            Route::Mail { .. } => (net.bridge_is_lost(), net.control_queued() >= SEND_BOUND),
+        });
+        match refused {
+            (true, _) => Err(SendError::Disconnected(value)),
+            (false, true) => Err(SendError::Full(value)),
+            (false, false) => {
+                let _ = self.queue_or_wait(&value, None);
+                Ok(())
             }
-            if peer.queued() >= SEND_BOUND {
-                return Err(SendError::Full(value));
-            }
-            self.queue(net, &value);
-            Ok(())
-        })
-    }
-
-    fn queue(&self, net: &mut crate::net::Net, value: &T) {
-        let _ = self.queue_or_wait(net, value, None);
+        }
     }
 
     /// Queues `value`, or with a `waiter` waits while the buffer is full.
-    fn queue_or_wait(&self, net: &mut crate::net::Net, value: &T, waiter: Option<&Waker>) -> Poll<()> {
+    ///
+    /// # Panics
+    /// If the value cannot be serialised.
+    fn queue_or_wait(&self, value: &T, waiter: Option<&Waker>) -> Poll<()> {
         let result = match &self.route {
-            Route::Channel(pid) => net.queue_value(*pid, value, waiter),
-            Route::Mail { to, mailbox } => {
+            Route::Channel(pid, lane) => Self::to_lane(*pid, lane, value, waiter),
+            Route::Mail { to, mailbox } => runtime::with_net(|net| {
                 if let Some(waker) = waiter {
                     if !net.bridge_is_lost() && net.control_queued() >= SEND_BOUND {
                         net.control_waker = Some(waker.clone());
@@ -260,7 +254,7 @@ impl<T: Serialize> Sender<T> {
                     let type_name = std::any::type_name::<T>().to_owned();
                     net.request(&Request::Mail { to: to.clone(), mailbox: mailbox.clone(), type_name, value });
                 }))
-            }
+            }),
         };
         match result {
             Poll::Ready(Err(error)) => {
@@ -271,10 +265,31 @@ impl<T: Serialize> Sender<T> {
         }
     }
 
+    /// Appends a value to the channel's lane: while the buffer has room, with the
+    /// lane's lock only.
+    fn to_lane(pid: Pid, lane: &Lane, value: &T, waiter: Option<&Waker>) -> Poll<Result<(), codec::CodecError>> {
+        match lane.try_append(|buf| codec::append_frame(buf, FRAME_DATA, value)) {
+            Ok(Appended::Queued { newly_dirty: false, reply: false }) => Poll::Ready(Ok(())),
+            Ok(Appended::Queued { newly_dirty, reply }) => {
+                runtime::with_net(|net| net.appended(pid, newly_dirty, reply));
+                Poll::Ready(Ok(()))
+            }
+            Ok(Appended::Full) => runtime::with_net(|net| {
+                if let Some(waker) = waiter {
+                    if !net.room_or_wait(pid, waker) {
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Ready(net.queue_value(pid, value))
+            }),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
     /// Ready when the buffer has room (or the peer is gone).
-    fn poll_room(&self, cx: &mut Context<'_>, net: &mut crate::net::Net) -> Poll<()> {
+    fn poll_room(&self, cx: &mut Context<'_>, net: &mut Net) -> Poll<()> {
         let ready = match &self.route {
-            Route::Channel(pid) => net.room_or_wait(*pid, cx.waker()),
+            Route::Channel(pid, _) => net.room_or_wait(*pid, cx.waker()),
             Route::Mail { .. } => {
                 let ready = net.bridge_is_lost() || net.control_queued() < SEND_BOUND;
                 if !ready {
@@ -293,7 +308,7 @@ impl<T: Serialize> Sender<T> {
 
 impl<T: Serialize> Drop for Sender<T> {
     fn drop(&mut self) {
-        if let Route::Channel(pid) = self.route {
+        if let Route::Channel(pid, _) = self.route {
             runtime::with_net(|net| net.close_sender(pid));
         }
     }
@@ -319,7 +334,7 @@ impl<T: Serialize> Future for Send<'_, T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let Some(value) = &this.value else { return Poll::Ready(()) };
-        let queued = runtime::with_net(|net| this.sender.queue_or_wait(net, value, Some(cx.waker())));
+        let queued = this.sender.queue_or_wait(value, Some(cx.waker()));
         if queued.is_ready() {
             this.value = None;
         }
@@ -335,12 +350,12 @@ impl<T: Serialize> futures::Sink<T> for Sender<T> {
     }
 
     fn start_send(self: Pin<&mut Self>, value: T) -> Result<(), Infallible> {
-        runtime::with_net(|net| self.queue(net, &value));
+        let _ = self.queue_or_wait(&value, None);
         Ok(())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        let Route::Channel(pid) = self.route else {
+        let Route::Channel(pid, _) = self.route else {
             return Poll::Ready(Ok(()));
         };
         runtime::with_net(|net| {
@@ -349,7 +364,7 @@ impl<T: Serialize> futures::Sink<T> for Sender<T> {
             if peer.gone() || peer.queued() == 0 {
                 Poll::Ready(Ok(()))
             } else {
-                peer.send_waker = Some(cx.waker().clone());
+                peer.lane.lock().send_waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -379,7 +394,62 @@ impl<T: Serialize> futures::Sink<T> for Sender<T> {
 /// ```
 pub struct Receiver<T: DeserializeOwned> {
     pid: Pid,
+    /// Frames moved from the connection many at a time, received from here
+    /// without the lock of the process's connection state.
+    taken: Mutex<Taken>,
     _type: PhantomData<fn() -> T>,
+}
+
+/// Frames a `Receiver` has taken from its peer's inbox and not yet received.
+#[derive(Debug, Default)]
+struct Taken {
+    frames: Inbox,
+    /// The peer's `Sender` sends another type (as of the frames taken).
+    mismatched: bool,
+}
+
+/// What a frame means to a `Receiver` of `T`.
+enum Frame<T> {
+    /// Nothing for it: a `Sender` of the right type opened, or a value of a
+    /// mismatched type after the mismatch was reported.
+    Skip,
+    /// A value or the reason there is none.
+    Received(Result<T, RecvError>),
+    /// Not a frame of the protocol: the connection cannot be trusted.
+    Corrupt(codec::CodecError),
+}
+
+impl<T: DeserializeOwned> Frame<T> {
+    fn of(kind: u8, payload: &[u8], mismatched: &mut bool) -> Frame<T> {
+        match kind {
+            FRAME_OPEN => {
+                let expected = std::any::type_name::<T>();
+                let found = String::from_utf8_lossy(payload);
+                *mismatched = found != expected;
+                if !*mismatched {
+                    return Frame::Skip;
+                }
+                Frame::Received(Err(RecvError::TypeMismatch {
+                    expected: expected.to_owned(),
+                    found: found.into_owned(),
+                }))
+            }
+            FRAME_DATA if *mismatched => Frame::Skip,
+            FRAME_DATA => Frame::Received(codec::decode(payload).map_err(|e| RecvError::Corrupt(e.to_string()))),
+            FRAME_CLOSE => Frame::Received(Err(RecvError::SenderDropped)),
+            other => Frame::Corrupt(codec::CodecError(format!("unknown frame kind {other}"))),
+        }
+    }
+}
+
+/// What a `Receiver` found in its peer's inbox.
+enum Refill<T> {
+    /// Small frames were moved to its own buffer.
+    Taken,
+    /// A value (a large one, parsed in place) or the end of the channel.
+    Ready(Result<T, RecvError>),
+    /// Nothing yet; the waker is kept.
+    Pending,
 }
 
 impl<T: DeserializeOwned> fmt::Debug for Receiver<T> {
@@ -397,15 +467,16 @@ impl<T: DeserializeOwned> Receiver<T> {
     pub fn new(pid: Pid) -> Receiver<T> {
         let me = runtime::get().me;
         assert!(pid != me, "constellation: cannot open a Receiver in process {me} from itself");
-        runtime::with_net(|net| {
+        let mismatched = runtime::with_net(|net| {
             let peer = net.peer(pid);
             assert!(
                 !peer.has_receiver,
                 "constellation: this process already has a Receiver from {pid}; drop it before opening another"
             );
             peer.has_receiver = true;
+            peer.mismatched
         });
-        Receiver { pid, _type: PhantomData }
+        Receiver { pid, taken: Mutex::new(Taken { frames: Inbox::default(), mismatched }), _type: PhantomData }
     }
 
     /// The process this channel receives from.
@@ -427,69 +498,105 @@ impl<T: DeserializeOwned> Receiver<T> {
         Recv { receiver: self }
     }
 
+    /// Receives from the frames taken earlier, refilling them from the peer's
+    /// inbox (one lock for many small values) when they run out.
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
-        let expected = std::any::type_name::<T>();
-        runtime::with_net(|net| {
-            let mut read = false;
+        let mut taken = self.taken.lock();
+        loop {
+            let Taken { frames, mismatched } = &mut *taken;
             loop {
-                let peer = net.peer(self.pid);
-                let frame = match peer.inbox.next() {
-                    Ok(frame) => frame,
-                    Err(error) => {
-                        net.corrupt(self.pid, &error);
-                        return Poll::Ready(Err(RecvError::Corrupt(error.to_string())));
-                    }
+                let (kind, payload) = match frames.next() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(error) => return Poll::Ready(Err(self.corrupt(error))),
                 };
-                let Some((kind, payload)) = frame else {
+                match Frame::of(kind, frames.bytes(payload), mismatched) {
+                    Frame::Skip => {}
+                    Frame::Received(result) => return Poll::Ready(result),
+                    Frame::Corrupt(error) => return Poll::Ready(Err(self.corrupt(error))),
+                }
+            }
+            frames.tidy();
+            match runtime::with_net(|net| self.refill(net, &mut taken, cx)) {
+                Refill::Taken => {}
+                Refill::Ready(result) => return Poll::Ready(result),
+                Refill::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Moves the small frames waiting in the peer's inbox to `taken`, or receives
+    /// a large value in place, reading the connection inline if nothing waits.
+    fn refill(&self, net: &mut Net, taken: &mut Taken, cx: &mut Context<'_>) -> Refill<T> {
+        let mut read = false;
+        net.peer(self.pid).mismatched = taken.mismatched;
+        loop {
+            let peer = net.peer(self.pid);
+            if peer.inbox.move_frames(&mut taken.frames) {
+                peer.lane.received();
+                if peer.read_paused && peer.inbox.pending() < RECV_BOUND {
+                    net.read_peer(self.pid);
+                }
+                return Refill::Taken;
+            }
+            let (kind, payload) = match peer.inbox.next() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
                     peer.inbox.tidy();
                     if peer.gone() {
-                        return Poll::Ready(Err(RecvError::PeerEnded));
+                        return Refill::Ready(Err(RecvError::PeerEnded));
                     }
                     if read {
                         peer.recv_waker = Some(cx.waker().clone());
                         if let Some(fd) = net.peer_fd(self.pid) {
                             crate::block::waiting_on(fd);
                         }
-                        return Poll::Pending;
+                        return Refill::Pending;
                     }
                     net.read_peer(self.pid);
                     read = true;
                     continue;
-                };
-                let result = match kind {
-                    FRAME_OPEN => {
-                        let found = String::from_utf8_lossy(peer.inbox.bytes(payload));
-                        peer.mismatched = found != expected;
-                        if !peer.mismatched {
-                            continue;
-                        }
-                        Err(RecvError::TypeMismatch { expected: expected.to_owned(), found: found.into_owned() })
-                    }
-                    FRAME_DATA if peer.mismatched => continue,
-                    FRAME_DATA => {
-                        peer.received_since_send = true;
-                        codec::decode(peer.inbox.bytes(payload)).map_err(|e| RecvError::Corrupt(e.to_string()))
-                    }
-                    FRAME_CLOSE => Err(RecvError::SenderDropped),
-                    other => {
-                        let error = codec::CodecError(format!("unknown frame kind {other}"));
-                        net.corrupt(self.pid, &error);
-                        return Poll::Ready(Err(RecvError::Corrupt(error.0)));
-                    }
-                };
-                if peer.read_paused && peer.inbox.pending() < RECV_BOUND {
-                    net.read_peer(self.pid);
                 }
-                return Poll::Ready(result);
+                Err(error) => {
+                    net.corrupt(self.pid, &error);
+                    return Refill::Ready(Err(RecvError::Corrupt(error.to_string())));
+                }
+            };
+            let frame = Frame::of(kind, peer.inbox.bytes(payload), &mut peer.mismatched);
+            taken.mismatched = peer.mismatched;
+            let result = match frame {
+                Frame::Skip => continue,
+                Frame::Received(result) => result,
+                Frame::Corrupt(error) => {
+                    net.corrupt(self.pid, &error);
+                    return Refill::Ready(Err(RecvError::Corrupt(error.0)));
+                }
+            };
+            if kind == FRAME_DATA {
+                peer.lane.received();
             }
-        })
+            if peer.read_paused && peer.inbox.pending() < RECV_BOUND {
+                net.read_peer(self.pid);
+            }
+            return Refill::Ready(result);
+        }
+    }
+
+    /// Closes the connection to a peer that sent a corrupt frame.
+    fn corrupt(&self, error: codec::CodecError) -> RecvError {
+        runtime::with_net(|net| net.corrupt(self.pid, &error));
+        RecvError::Corrupt(error.0)
     }
 }
 
 impl<T: DeserializeOwned> Drop for Receiver<T> {
     fn drop(&mut self) {
+        let taken = self.taken.get_mut();
         runtime::with_net(|net| {
             let peer = net.peer(self.pid);
+            // What was taken and not received waits for the next Receiver.
+            peer.inbox.unread(taken.frames.rest());
+            peer.mismatched = taken.mismatched;
             peer.has_receiver = false;
             peer.recv_waker = None;
             net.forget_if_done(self.pid);

@@ -13,6 +13,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// An emptied buffer up to this size is kept for reuse; larger ones are freed, so
 /// an idle connection holds little.
 const KEEP: usize = 16 * 1024;
+/// [`Inbox::move_frames`] moves at most this many bytes at once.
+const BATCH: usize = 16 * 1024;
 
 /// Received bytes: complete frames, then possibly the start of the next one.
 #[derive(Debug, Default)]
@@ -79,6 +81,48 @@ impl Inbox {
             rest = &rest[frame.len..];
         }
         false
+    }
+
+    /// Moves the complete frames at the front to the end of `into`, as long as
+    /// they fit in [`BATCH`] bytes together (a larger frame stays, to be parsed in
+    /// place). Returns whether any moved.
+    ///
+    /// A `Receiver` takes small values this way, many per lock of the connection
+    /// state, and parses them from its own buffer.
+    pub(crate) fn move_frames(&mut self, into: &mut Inbox) -> bool {
+        let start = self.pos;
+        let mut end = start;
+        while let Ok(Some(frame)) = codec::next_frame(&self.buf[end..]) {
+            if end - start + frame.len > BATCH {
+                break;
+            }
+            end += frame.len;
+        }
+        if end == start {
+            return false;
+        }
+        into.buf.extend_from_slice(&self.buf[start..end]);
+        self.pos = end;
+        self.tidy();
+        true
+    }
+
+    /// Puts `bytes` back in front of what is pending: what a `Receiver` took and
+    /// did not receive before it was dropped.
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(bytes.len() + self.pending());
+        buf.extend_from_slice(bytes);
+        buf.extend_from_slice(&self.buf[self.pos..]);
+        self.buf = buf;
+        self.pos = 0;
+    }
+
+    /// The bytes pending (complete frames, then possibly the start of one).
+    pub(crate) fn rest(&self) -> &[u8] {
+        &self.buf[self.pos..]
     }
 
     /// Releases the space of frames already taken, once everything is taken.

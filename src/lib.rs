@@ -37,6 +37,7 @@ mod codec;
 mod exit_status;
 mod inbox;
 mod job;
+mod lane;
 mod mailbox;
 mod monitor;
 mod net;

@@ -17,7 +17,7 @@
 use crate::{
     codec::{self, CodecError},
     inbox::Inbox,
-    outbox::Outbox,
+    lane::Lane,
     pid::PidMap,
     proto::{Reply, Request, KIND_MESSAGE},
     sys, Exit, Pid,
@@ -31,7 +31,8 @@ use std::{
     collections::{HashMap, VecDeque},
     io::{self, Read, Write},
     os::fd::{AsRawFd, RawFd},
-    task::{Poll, Waker},
+    sync::Arc,
+    task::Waker,
 };
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
@@ -78,7 +79,8 @@ struct Socket {
 pub(crate) struct Peer {
     sock: Option<usize>,
     connecting: Option<usize>,
-    out: Outbox,
+    /// What goes to it, shared with our `Sender` to it.
+    pub(crate) lane: Arc<Lane>,
     pub(crate) inbox: Inbox,
     pub(crate) read_paused: bool,
     /// Our connection attempt was refused or the connection was reset or closed.
@@ -86,15 +88,11 @@ pub(crate) struct Peer {
     /// The bridge says the process has ended.
     ended: bool,
     watched: bool,
-    dirty: bool,
     pub(crate) has_sender: bool,
     pub(crate) has_receiver: bool,
     /// The peer's current `Sender` sends a type other than our `Receiver`'s.
     pub(crate) mismatched: bool,
     pub(crate) recv_waker: Option<Waker>,
-    pub(crate) send_waker: Option<Waker>,
-    /// Whether a value was received from this peer since we last sent it one.
-    pub(crate) received_since_send: bool,
 }
 
 impl Peer {
@@ -105,7 +103,7 @@ impl Peer {
 
     /// Bytes queued by our `Sender` and not yet written.
     pub(crate) fn queued(&self) -> usize {
-        self.out.queued()
+        self.lane.lock().out.queued()
     }
 }
 
@@ -284,7 +282,7 @@ impl Net {
 
     /// Queues the frame announcing a new `Sender` of values named `type_name`.
     pub(crate) fn open_sender(&mut self, pid: Pid, type_name: &str) {
-        let _ = self.peer(pid).out.append(|buf| {
+        let _ = self.peer(pid).lane.lock().out.append(|buf| {
             codec::append_raw_frame(buf, FRAME_OPEN, type_name.as_bytes());
             Ok::<(), ()>(())
         });
@@ -296,7 +294,7 @@ impl Net {
         let peer = self.peer(pid);
         peer.has_sender = false;
         if !peer.gone() {
-            let _ = peer.out.append(|buf| {
+            let _ = peer.lane.lock().out.append(|buf| {
                 codec::append_raw_frame(buf, FRAME_CLOSE, &[]);
                 Ok::<(), ()>(())
             });
@@ -323,59 +321,39 @@ impl Net {
         }
     }
 
-    /// Queues a value for `pid`; values for a process that is gone are dropped.
-    /// With a `waiter`, waits instead while `pid`'s buffer is full: `Pending`, and
-    /// the waker is woken when there is room.
-    ///
-    /// The common case (room, no reply to hurry) costs one table lookup.
-    pub(crate) fn queue_value<T: serde::Serialize>(
-        &mut self,
-        pid: Pid,
-        value: &T,
-        waiter: Option<&Waker>,
-    ) -> Poll<Result<(), CodecError>> {
-        let Net { peers, control, dirty, .. } = self;
-        let peer = Self::watched_peer(peers, control, pid);
-        if peer.gone() {
-            return Poll::Ready(Ok(()));
-        }
-        if peer.queued() >= SEND_BOUND {
-            if let Some(waker) = waiter {
-                if !self.room_or_wait(pid, waker) {
-                    return Poll::Pending;
-                }
-            }
-            return Poll::Ready(self.append_value(pid, value));
-        }
-        let was_empty = peer.out.queued() == 0;
-        if let Err(error) = peer.out.append(|buf| codec::append_frame(buf, FRAME_DATA, value)) {
-            return Poll::Ready(Err(error));
-        }
-        // A reply (a value sent after one was received from the same peer) goes
-        // out at once, on this thread: in request/response, latency counts. Values
-        // streamed one after another are left for the reactor to write together.
-        let reply = std::mem::take(&mut peer.received_since_send);
-        if was_empty && reply && peer.sock.is_some() {
-            self.flush_peer(pid);
-            if self.peers.get(&pid).is_some_and(|p| p.queued() > 0) {
-                self.mark_dirty(pid);
-            }
-        } else if !peer.dirty {
-            peer.dirty = true;
-            dirty.push(pid);
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Appends a value for `pid` whatever its buffer holds (the slow path of
-    /// [`Net::queue_value`]).
-    fn append_value<T: serde::Serialize>(&mut self, pid: Pid, value: &T) -> Result<(), CodecError> {
+    /// Queues a value for `pid` whatever its buffer holds (the slow path of a
+    /// send: `Sender` appends to the peer's [`Lane`] itself while it has room).
+    /// Values for a process that is gone are dropped.
+    pub(crate) fn queue_value<T: serde::Serialize>(&mut self, pid: Pid, value: &T) -> Result<(), CodecError> {
         let peer = self.peer(pid);
         if !peer.gone() {
-            peer.out.append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
+            peer.lane.lock().out.append(|buf| codec::append_frame(buf, FRAME_DATA, value))?;
             self.mark_dirty(pid);
         }
         Ok(())
+    }
+
+    /// What follows a value a `Sender` appended to `pid`'s lane itself: a reply
+    /// is written at once, on this thread (in request/response, latency
+    /// counts); values streamed one after another are left for the reactor to
+    /// write together, the peer put on its list if it was not.
+    pub(crate) fn appended(&mut self, pid: Pid, newly_dirty: bool, reply: bool) {
+        if reply && self.peers.get(&pid).is_some_and(|peer| peer.sock.is_some()) {
+            self.flush_peer(pid);
+            if newly_dirty {
+                if let Some(peer) = self.peers.get(&pid) {
+                    let mut lane = peer.lane.lock();
+                    if lane.out.queued() == 0 {
+                        // Nothing left to write: it need not go on the list.
+                        lane.dirty = false;
+                        return;
+                    }
+                }
+            }
+        }
+        if newly_dirty {
+            self.dirty.push(pid);
+        }
     }
 
     /// Whether `pid`'s buffer has room (or it is gone); if not, keeps `waker` to
@@ -385,11 +363,11 @@ impl Net {
         if peer.gone() || peer.queued() < SEND_BOUND {
             return true;
         }
-        peer.send_waker = Some(waker.clone());
+        peer.lane.lock().send_waker = Some(waker.clone());
         self.flush_peer(pid);
         let peer = self.peer(pid);
         if peer.gone() || peer.queued() < SEND_BOUND {
-            peer.send_waker = None;
+            peer.lane.lock().send_waker = None;
             return true;
         }
         false
@@ -397,8 +375,7 @@ impl Net {
 
     fn mark_dirty(&mut self, pid: Pid) {
         let peer = self.peer(pid);
-        if !peer.dirty {
-            peer.dirty = true;
+        if !std::mem::replace(&mut peer.lane.lock().dirty, true) {
             self.dirty.push(pid);
         }
     }
@@ -411,8 +388,8 @@ impl Net {
     /// Writes what every peer has queued, as far as the sockets take it.
     pub(crate) fn flush_dirty(&mut self) {
         for pid in std::mem::take(&mut self.dirty) {
-            if let Some(peer) = self.peers.get_mut(&pid) {
-                peer.dirty = false;
+            if let Some(peer) = self.peers.get(&pid) {
+                peer.lane.lock().dirty = false;
             }
             self.flush_peer(pid);
         }
@@ -424,12 +401,13 @@ impl Net {
             return;
         };
         if peer.gone() {
-            peer.out.clear();
+            peer.lane.lock().out.clear();
             return;
         }
         let Some(key) = peer.sock else { return };
         let socket = &mut self.sockets[key];
-        let before = peer.queued();
+        let mut lane = peer.lane.lock();
+        let before = lane.out.queued();
         let mut failed = None;
         while !socket.ctl_out.is_empty() {
             match socket.stream.write(&socket.ctl_out) {
@@ -443,15 +421,14 @@ impl Net {
             }
         }
         if failed.is_none() {
-            if let Err(error) = peer.out.write_to(&mut socket.stream) {
+            if let Err(error) = lane.out.write_to(&mut socket.stream) {
                 failed = Some(error);
             }
         }
-        if peer.queued() < before {
-            if let Some(waker) = peer.send_waker.take() {
-                self.to_wake.push(waker);
-            }
+        if lane.out.queued() < before {
+            self.to_wake.extend(lane.send_waker.take());
         }
+        drop(lane);
         if let Some(error) = failed {
             log::debug!("writing to {pid}: {error}");
             self.peer_closed(pid);
@@ -772,7 +749,10 @@ impl Net {
     fn peer_closed(&mut self, pid: Pid) {
         let peer = self.peer(pid);
         peer.closed = true;
-        peer.out.clear();
+        let mut lane = peer.lane.lock();
+        lane.closed = true;
+        lane.out.clear();
+        drop(lane);
         if let Some(key) = peer.sock.take() {
             self.drop_socket(key);
         }
@@ -783,7 +763,7 @@ impl Net {
     fn wake_peer(&mut self, pid: Pid) {
         if let Some(peer) = self.peers.get_mut(&pid) {
             self.to_wake.extend(peer.recv_waker.take());
-            self.to_wake.extend(peer.send_waker.take());
+            self.to_wake.extend(peer.lane.lock().send_waker.take());
         }
     }
 

@@ -89,3 +89,15 @@ fn try_send_reports_a_full_buffer_and_a_gone_peer() {
     assert_eq!(job.line("full after some values: "), "full after some values: true (true)");
     assert_eq!(job.line("disconnected hands the value back: "), "disconnected hands the value back: [1]");
 }
+
+#[test]
+fn values_taken_by_a_dropped_receiver_go_to_the_next_one_in_order() {
+    let job = Job::new("scenarios", &["receiver_reopened"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("reopened: "), "reopened: 10000 values in order true");
+    assert_eq!(job.line("after: "), "after: Err(SenderDropped)");
+    assert_eq!(
+        job.line("then: "),
+        "then: Err(TypeMismatch { expected: \"u64\", found: \"alloc::string::String\" })"
+    );
+}

@@ -272,6 +272,38 @@ fn main() {
             }
             println!("received {} MiB", total >> 20);
         }
+        "receiver_reopened" => {
+            // Small values are taken from the connection many at a time: those a
+            // dropped Receiver took and did not receive go to the next one, in order.
+            let child = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let sender = Sender::<u64>::new(parent);
+                    for i in 0..10_000u64 {
+                        sender.send(i).block();
+                    }
+                    drop(sender);
+                    Sender::<String>::new(parent).send("then text".to_string()).block();
+                }),
+            )
+            .block()
+            .unwrap();
+            let mut received = Vec::new();
+            for take in [3usize, 1, 5000, usize::MAX] {
+                let receiver = Receiver::<u64>::new(child);
+                while received.len() < 10_000 && take > 0 {
+                    received.push(receiver.recv().block().unwrap());
+                    if received.len() % take.min(10_000) == 0 && take != usize::MAX {
+                        break;
+                    }
+                }
+            }
+            let in_order = received.iter().copied().eq(0..10_000u64);
+            println!("reopened: {} values in order {in_order}", received.len());
+            let receiver = Receiver::<u64>::new(child);
+            println!("after: {:?}", receiver.recv().block());
+            println!("then: {:?}", receiver.recv().block());
+        }
         "type_mismatch" => {
             let child = spawn(
                 small(),

@@ -1,0 +1,82 @@
+//! `Lane`: the outgoing side of the connection to one peer (its queued frames and
+//! who waits on them), shared by the process's [`Net`](crate::net::Net) and the
+//! `Sender` to that peer under a lock of its own.
+//!
+//! A value sent while the buffer has room takes this lock only: no lookup in the
+//! peer table and no contention with the I/O thread, which takes it once per
+//! batch it writes. Everything else (the socket, the dirty list, waking the I/O
+//! thread) happens under `Net`'s lock, taken before this one.
+
+use crate::{codec::CodecError, net::SEND_BOUND, outbox::Outbox};
+use parking_lot::{Mutex, MutexGuard};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    task::Waker,
+};
+
+/// The outgoing side of one peer.
+#[derive(Debug, Default)]
+pub(crate) struct Lane {
+    state: Mutex<LaneState>,
+    /// A value was received from the peer since one was last sent to it (the
+    /// next value sent is a reply, written at once).
+    reply_due: AtomicBool,
+}
+
+/// What [`Lane`]'s lock guards.
+#[derive(Debug, Default)]
+pub(crate) struct LaneState {
+    /// Frames queued and not yet written.
+    pub(crate) out: Outbox,
+    /// Whether the peer is on `Net`'s list of peers with frames to write.
+    pub(crate) dirty: bool,
+    /// The peer is gone: values sent to it are dropped.
+    pub(crate) closed: bool,
+    /// A sender waiting for room.
+    pub(crate) send_waker: Option<Waker>,
+}
+
+/// What [`Lane::try_append`] did.
+#[derive(Debug)]
+pub(crate) enum Appended {
+    /// Queued (or dropped, the peer being gone); `Net` has to hear of it if
+    /// `newly_dirty` (put the peer on its dirty list) or `reply` (write it now).
+    Queued { newly_dirty: bool, reply: bool },
+    /// The buffer is full: the caller waits for room through `Net`.
+    Full,
+}
+
+impl Lane {
+    /// Locks the state.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LaneState> {
+        self.state.lock()
+    }
+
+    /// Notes that a value was received from the peer.
+    pub(crate) fn received(&self) {
+        if !self.reply_due.load(Ordering::Relaxed) {
+            self.reply_due.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The fast path of a send: appends the frames `append` writes unless the
+    /// buffer is full.
+    pub(crate) fn try_append(
+        &self,
+        append: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+    ) -> Result<Appended, CodecError> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Ok(Appended::Queued { newly_dirty: false, reply: false });
+        }
+        if state.out.queued() >= SEND_BOUND {
+            return Ok(Appended::Full);
+        }
+        let was_empty = state.out.queued() == 0;
+        state.out.append(append)?;
+        let newly_dirty = !std::mem::replace(&mut state.dirty, true);
+        drop(state);
+        let reply = self.reply_due.load(Ordering::Relaxed) && self.reply_due.swap(false, Ordering::Relaxed);
+        Ok(Appended::Queued { newly_dirty, reply: reply && was_empty })
+    }
+}
