@@ -2,13 +2,13 @@
 
 use crate::{reactor::TimerSlot, runtime, sys};
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     future::Future,
     mem::ManuallyDrop,
     os::fd::{AsRawFd, OwnedFd, RawFd},
     pin::{pin, Pin},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll, Wake, Waker},
@@ -40,9 +40,15 @@ impl Wake for ThreadWaker {
     }
 }
 
+/// A socket a task waits to read, and the count of threads waiting on it in
+/// `poll`, which tells the I/O thread to leave its input to them.
+type Wait = (RawFd, Arc<AtomicUsize>);
+
 thread_local! {
     /// The socket the future being blocked on waits to read, if it is one.
-    static WAIT_FD: Cell<Option<RawFd>> = const { Cell::new(None) };
+    static WAIT: RefCell<Option<Wait>> = const { RefCell::new(None) };
+    /// The socket this thread's last wait in `poll` saw readable.
+    static READABLE: Cell<Option<RawFd>> = const { Cell::new(None) };
     /// This thread's waker for `block`, made once: a stale wake-up from an
     /// earlier future only makes the loop poll once more.
     static THREAD_WAKER: Arc<ThreadWaker> = Arc::new(ThreadWaker {
@@ -54,9 +60,16 @@ thread_local! {
 }
 
 /// Notes that the current task waits for `fd` to become readable, so a thread
-/// blocked on it can wait in `poll` on the socket itself.
-pub(crate) fn waiting_on(fd: RawFd) {
-    WAIT_FD.with(|wait| wait.set(Some(fd)));
+/// blocked on it can wait in `poll` on the socket itself; while it does, it
+/// counts itself in `attended` and reads what comes itself.
+pub(crate) fn waiting_on(fd: RawFd, attended: &Arc<AtomicUsize>) {
+    WAIT.with(|wait| *wait.borrow_mut() = Some((fd, attended.clone())));
+}
+
+/// Whether this thread's last wait in `poll` saw `fd` readable: then the I/O
+/// thread may have left its input alone, and the caller reads it.
+pub(crate) fn saw_readable(fd: RawFd) -> bool {
+    READABLE.with(|readable| readable.get() == Some(fd))
 }
 
 /// Runs a future to completion on the current thread.
@@ -89,22 +102,39 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
     let waker = ManuallyDrop::new(Waker::from(unsafe { Arc::from_raw(Arc::as_ptr(state)) }));
     let mut cx = Context::from_waker(&waker);
     let mut future = pin!(future);
+    // The socket this thread waited on, counted in its `attended` until the future
+    // has been polled once more (and has read what woke it).
+    let mut attending: Option<Arc<AtomicUsize>> = None;
     loop {
-        WAIT_FD.with(|wait| wait.set(None));
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+        WAIT.with(|wait| wait.borrow_mut().take());
+        let polled = future.as_mut().poll(&mut cx);
+        READABLE.with(|readable| readable.set(None));
+        if let Some(attended) = attending.take() {
+            attended.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Poll::Ready(output) = polled {
             return output;
         }
         // Whatever was queued goes out before this thread sleeps.
         runtime::flush_queued();
-        match (WAIT_FD.with(Cell::take), &state.eventfd) {
-            (Some(socket), Some(eventfd)) => {
+        match (WAIT.with(|wait| wait.borrow_mut().take()), &state.eventfd) {
+            (Some((socket, attended)), Some(eventfd)) => {
+                attended.fetch_add(1, Ordering::SeqCst);
+                attending = Some(attended);
                 state.polling.store(true, Ordering::SeqCst);
                 if !state.notified.swap(false, Ordering::SeqCst) {
-                    let _ = sys::poll(&[(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)], None);
+                    let events = [(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)];
+                    if let Ok(revents) = sys::poll(&events, None) {
+                        if revents[0] != 0 {
+                            READABLE.with(|readable| readable.set(Some(socket)));
+                        }
+                        if revents[1] != 0 {
+                            sys::eventfd_clear(eventfd.as_raw_fd());
+                        }
+                    }
                     state.notified.store(false, Ordering::SeqCst);
                 }
                 state.polling.store(false, Ordering::SeqCst);
-                sys::eventfd_clear(eventfd.as_raw_fd());
             }
             _ => {
                 while !state.notified.swap(false, Ordering::Acquire) {

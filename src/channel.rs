@@ -17,7 +17,7 @@
 //! - The two ends must agree on `T`; a mismatch is [`RecvError::TypeMismatch`].
 
 use crate::{
-    codec,
+    block, codec,
     inbox::Inbox,
     lane::{Appended, Lane},
     net::{Net, FRAME_CLOSE, FRAME_DATA, FRAME_OPEN, RECV_BOUND, SEND_BOUND},
@@ -546,10 +546,16 @@ impl<T: DeserializeOwned> Receiver<T> {
                     if peer.gone() {
                         return Refill::Ready(Err(RecvError::PeerEnded));
                     }
-                    if read {
+                    let fd = net.peer_fd(self.pid);
+                    let peer = net.peer(self.pid);
+                    // The I/O thread reads what comes and wakes us, unless it left
+                    // the input to a thread waiting on the socket itself (this one,
+                    // now polling it again) or paused reading a full inbox.
+                    let unread = peer.skipped_read || peer.read_paused || fd.is_some_and(block::saw_readable);
+                    if read || !unread {
                         peer.recv_waker = Some(cx.waker().clone());
-                        if let Some(fd) = net.peer_fd(self.pid) {
-                            crate::block::waiting_on(fd);
+                        if let Some(fd) = fd {
+                            block::waiting_on(fd, &peer.attended);
                         }
                         return Refill::Pending;
                     }

@@ -36,8 +36,9 @@ impl Inbox {
     }
 
     /// Reads once from `fd`, making room for at least the rest of the frame under
-    /// way. Returns the count; 0 is end of file.
-    pub(crate) fn read_from(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// way. Returns the count (0 is end of file) and whether the read filled the
+    /// room it had (if not, the socket held no more).
+    pub(crate) fn read_from(&mut self, fd: RawFd) -> io::Result<(usize, bool)> {
         let pending = &self.buf[self.pos..];
         let want = codec::frame_len(pending)
             .map_or(READ_CHUNK, |n| n.saturating_sub(pending.len()))
@@ -46,7 +47,8 @@ impl Inbox {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        sys::read_spare(fd, &mut self.buf, want)
+        let n = sys::read_spare(fd, &mut self.buf, want)?;
+        Ok((n, n == want))
     }
 
     /// Takes the next complete frame: its kind and where its payload lies (valid
@@ -154,7 +156,7 @@ mod tests {
         let mut seen = 0u32;
         for piece in wire.chunks(777) {
             std::io::Write::write_all(&mut &write, piece).unwrap();
-            assert!(inbox.read_from(read.as_raw_fd()).unwrap() > 0);
+            assert!(inbox.read_from(read.as_raw_fd()).unwrap().0 > 0);
             while let Some((kind, payload)) = inbox.next().unwrap() {
                 assert_eq!(kind, 2);
                 let value: Vec<u8> = codec::decode(inbox.bytes(payload)).unwrap();

@@ -31,7 +31,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io::{self, Read, Write},
     os::fd::{AsRawFd, RawFd},
-    sync::Arc,
+    sync::{atomic::AtomicUsize, Arc},
     task::Waker,
 };
 
@@ -83,6 +83,11 @@ pub(crate) struct Peer {
     pub(crate) lane: Arc<Lane>,
     pub(crate) inbox: Inbox,
     pub(crate) read_paused: bool,
+    /// How many threads blocked in `recv` wait on the connection itself.
+    pub(crate) attended: Arc<AtomicUsize>,
+    /// The I/O thread left input on the connection to a waiting thread, which
+    /// has not read it yet.
+    pub(crate) skipped_read: bool,
     /// Our connection attempt was refused or the connection was reset or closed.
     closed: bool,
     /// The bridge says the process has ended.
@@ -224,11 +229,21 @@ impl Net {
                 if writable {
                     self.on_writable(key);
                 }
-                if readable && self.sockets.contains(key) {
+                if readable && self.sockets.contains(key) && !self.left_to_its_reader(key) {
                     self.read_socket(key);
                 }
             }
         }
+    }
+
+    /// Whether a thread blocked in `recv` waits on socket `key` itself (it reads
+    /// what comes, so the I/O thread leaves it alone and only notes it).
+    fn left_to_its_reader(&mut self, key: usize) -> bool {
+        let Phase::Established(pid) = self.sockets[key].phase else { return false };
+        let Some(peer) = self.peers.get_mut(&pid) else { return false };
+        let attended = peer.attended.load(std::sync::atomic::Ordering::SeqCst) > 0;
+        peer.skipped_read |= attended;
+        attended
     }
 
     // ---- the peer table, as the channel API uses it ----
@@ -557,11 +572,18 @@ impl Net {
                         return;
                     }
                     peer.read_paused = false;
+                    peer.skipped_read = false;
                     let result = peer.inbox.read_from(fd);
-                    if matches!(result, Ok(n) if n > 0) && peer.inbox.has_frame() {
+                    if matches!(result, Ok((n, _)) if n > 0) && peer.inbox.has_frame() {
                         self.to_wake.extend(peer.recv_waker.take());
                     }
-                    result
+                    match result {
+                        // A short read emptied the socket: the next bytes to come
+                        // raise a new event, and a read now would only say so.
+                        Ok((n, false)) if n > 0 => return,
+                        Ok((n, _)) => Ok(n),
+                        Err(error) => Err(error),
+                    }
                 }
                 Phase::AwaitHello | Phase::AwaitReply(_) => self.read_handshake(key),
             };
