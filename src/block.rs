@@ -40,9 +40,9 @@ impl Wake for ThreadWaker {
     }
 }
 
-/// A socket a task waits to read, and the count of threads waiting on it in
-/// `poll`, which tells the I/O thread to leave its input to them.
-type Wait = (RawFd, Arc<AtomicUsize>);
+/// A socket a task waits to read, the count of threads waiting on it in `poll`
+/// (which tells the I/O thread to leave its input to them), and the task's waker.
+type Wait = (RawFd, Arc<AtomicUsize>, Waker);
 
 thread_local! {
     /// The socket the future being blocked on waits to read, if it is one.
@@ -62,8 +62,8 @@ thread_local! {
 /// Notes that the current task waits for `fd` to become readable, so a thread
 /// blocked on it can wait in `poll` on the socket itself; while it does, it
 /// counts itself in `attended` and reads what comes itself.
-pub(crate) fn waiting_on(fd: RawFd, attended: &Arc<AtomicUsize>) {
-    WAIT.with(|wait| *wait.borrow_mut() = Some((fd, attended.clone())));
+pub(crate) fn waiting_on(fd: RawFd, attended: &Arc<AtomicUsize>, waker: &Waker) {
+    WAIT.with(|wait| *wait.borrow_mut() = Some((fd, attended.clone(), waker.clone())));
 }
 
 /// Whether this thread's last wait in `poll` saw `fd` readable: then the I/O
@@ -92,6 +92,16 @@ pub trait Block: Future {
     }
 }
 
+/// A thread's count in a socket's `attended`, given back when dropped (also if
+/// the future panics).
+struct Attending(Arc<AtomicUsize>);
+
+impl Drop for Attending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The loop of [`Block::block`], with this thread's waker borrowed: a call costs
 /// no reference-count traffic unless the future keeps the waker.
 fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
@@ -104,29 +114,32 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
     let mut future = pin!(future);
     // The socket this thread waited on, counted in its `attended` until the future
     // has been polled once more (and has read what woke it).
-    let mut attending: Option<Arc<AtomicUsize>> = None;
+    let mut attending: Option<Attending> = None;
     loop {
         WAIT.with(|wait| wait.borrow_mut().take());
         let polled = future.as_mut().poll(&mut cx);
         READABLE.with(|readable| readable.set(None));
-        if let Some(attended) = attending.take() {
-            attended.fetch_sub(1, Ordering::SeqCst);
-        }
+        drop(attending.take());
         if let Poll::Ready(output) = polled {
             return output;
         }
         // Whatever was queued goes out before this thread sleeps.
         runtime::flush_queued();
         match (WAIT.with(|wait| wait.borrow_mut().take()), &state.eventfd) {
-            (Some((socket, attended)), Some(eventfd)) => {
+            (Some((socket, attended, task)), Some(eventfd)) => {
                 attended.fetch_add(1, Ordering::SeqCst);
-                attending = Some(attended);
+                attending = Some(Attending(attended));
                 state.polling.store(true, Ordering::SeqCst);
                 if !state.notified.swap(false, Ordering::SeqCst) {
                     let events = [(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)];
                     if let Ok(revents) = sys::poll(&events, None) {
                         if revents[0] != 0 {
                             READABLE.with(|readable| readable.set(Some(socket)));
+                            // The I/O thread wakes no one for input it leaves to
+                            // us: wake the task, if it is part of the future.
+                            if !task.will_wake(&waker) {
+                                task.wake();
+                            }
                         }
                         if revents[1] != 0 {
                             sys::eventfd_clear(eventfd.as_raw_fd());

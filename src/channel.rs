@@ -555,7 +555,7 @@ impl<T: DeserializeOwned> Receiver<T> {
                     if read || !unread {
                         peer.recv_waker = Some(cx.waker().clone());
                         if let Some(fd) = fd {
-                            block::waiting_on(fd, &peer.attended);
+                            block::waiting_on(fd, &peer.attended, cx.waker());
                         }
                         return Refill::Pending;
                     }

@@ -211,7 +211,9 @@ impl Net {
     }
 
     /// Handles one readiness event from the reactor.
-    pub(crate) fn on_event(&mut self, token: Token, readable: bool, writable: bool) {
+    /// `closed` says the peer closed its end or the socket failed: then input is
+    /// read to its end whoever waits on it.
+    pub(crate) fn on_event(&mut self, token: Token, readable: bool, writable: bool, closed: bool) {
         match token {
             LISTENER => self.accept_all(),
             CONTROL => {
@@ -229,8 +231,8 @@ impl Net {
                 if writable {
                     self.on_writable(key);
                 }
-                if readable && self.sockets.contains(key) && !self.left_to_its_reader(key) {
-                    self.read_socket(key);
+                if (readable || closed) && self.sockets.contains(key) && (closed || !self.left_to_its_reader(key)) {
+                    self.read_socket(key, closed);
                 }
             }
         }
@@ -453,7 +455,7 @@ impl Net {
     /// Reads whatever `pid`'s connection holds, for a `recv` that found nothing.
     pub(crate) fn read_peer(&mut self, pid: Pid) {
         if let Some(key) = self.peers.get(&pid).and_then(|p| p.sock) {
-            self.read_socket(key);
+            self.read_socket(key, false);
         }
     }
 
@@ -508,7 +510,7 @@ impl Net {
                                 partial: Vec::new(),
                                 ctl_out: Vec::new(),
                             });
-                            self.read_socket(key);
+                            self.read_socket(key, true);
                         }
                         Err(error) => log::warn!("registering an accepted connection: {error}"),
                     }
@@ -560,7 +562,11 @@ impl Net {
     /// An established connection reads straight into its peer's [`Inbox`], where
     /// `recv` parses frames in place. A connection still in its handshake reads
     /// into the shared scratch buffer, keeping only an incomplete frame.
-    fn read_socket(&mut self, key: usize) {
+    ///
+    /// A read that does not fill its buffer ends it unless `to_the_end`: the
+    /// socket is empty, and what comes next raises a new event (a close too, which
+    /// the I/O thread reads to the end).
+    fn read_socket(&mut self, key: usize, to_the_end: bool) {
         loop {
             let socket = &mut self.sockets[key];
             let fd = socket.stream.as_raw_fd();
@@ -580,7 +586,7 @@ impl Net {
                     match result {
                         // A short read emptied the socket: the next bytes to come
                         // raise a new event, and a read now would only say so.
-                        Ok((n, false)) if n > 0 => return,
+                        Ok((n, false)) if n > 0 && !to_the_end => return,
                         Ok((n, _)) => Ok(n),
                         Err(error) => Err(error),
                     }
@@ -914,7 +920,7 @@ impl Net {
         let waiting: Vec<usize> =
             self.sockets.iter().filter(|(_, s)| s.phase == Phase::AwaitHello).map(|(key, _)| key).collect();
         for key in waiting {
-            self.read_socket(key);
+            self.read_socket(key, true);
         }
         // A peer already forgotten stays forgotten (looking it up would watch it
         // again, and the bridge would answer again, forever).

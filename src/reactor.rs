@@ -107,8 +107,9 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
                 }
                 net.on_event(
                     event.token(),
-                    event.is_readable() || event.is_read_closed() || event.is_error(),
+                    event.is_readable(),
                     event.is_writable() || event.is_error(),
+                    event.is_read_closed() || event.is_error(),
                 );
             }
             net.flush_dirty();

@@ -101,3 +101,10 @@ fn values_taken_by_a_dropped_receiver_go_to_the_next_one_in_order() {
         "then: Err(TypeMismatch { expected: \"u64\", found: \"alloc::string::String\" })"
     );
 }
+
+#[test]
+fn a_value_sent_right_before_the_end_arrives_and_then_the_end() {
+    let job = Job::new("scenarios", &["value_then_end"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("ends seen: "), "ends seen: 50 of 50; together: Ok(1225)");
+}

@@ -304,6 +304,42 @@ fn main() {
             println!("after: {:?}", receiver.recv().block());
             println!("then: {:?}", receiver.recv().block());
         }
+        "value_then_end" => {
+            // Each child sends one value and ends at once: its value and its end
+            // may reach the parent in one read, while the parent waits in recv.
+            let mut ends = 0;
+            for _ in 0..50 {
+                let child = spawn(
+                    small(),
+                    FnOnce!(|parent: Pid| {
+                        Sender::<u64>::new(parent).send(7).block();
+                    }),
+                )
+                .block()
+                .unwrap();
+                let receiver = Receiver::<u64>::new(child);
+                assert_eq!(receiver.recv().block(), Ok(7));
+                assert_eq!(receiver.recv().block(), Err(RecvError::SenderDropped));
+                let end = timeout(Duration::from_secs(10), receiver.recv()).block();
+                ends += usize::from(end == Ok(Err(RecvError::PeerEnded)));
+            }
+            // Values awaited together in one task, the one polled last sending
+            // first: the thread waits on that one's socket itself and must wake
+            // its part of the task.
+            let children: Vec<Pid> = (0..50u64)
+                .map(|i| {
+                    let child = FnOnce!(move |parent: Pid| {
+                        std::thread::sleep(Duration::from_millis(300 + (49 - i) * 5));
+                        Sender::<u64>::new(parent).send(i).block();
+                    });
+                    spawn(small(), child).block().unwrap()
+                })
+                .collect();
+            let receivers: Vec<Receiver<u64>> = children.iter().map(|&child| Receiver::new(child)).collect();
+            let all = futures::future::join_all(receivers.iter().map(|r| r.recv()));
+            let values = timeout(Duration::from_secs(10), all).block().map(|v| v.into_iter().flatten().sum::<u64>());
+            println!("ends seen: {ends} of 50; together: {values:?}");
+        }
         "type_mismatch" => {
             let child = spawn(
                 small(),
