@@ -26,6 +26,10 @@ use std::{
 /// How long output is still read after the process ended (a grandchild may hold
 /// the pipes open).
 const DRAIN: Duration = Duration::from_millis(500);
+/// How long after the start a monitor lets go of the memory it inherited and
+/// does not use (see [`sys::release_file_pages`]): once its process is under
+/// way, off the spawn's path, and after its own start-up code has run.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// What the monitor watches.
 #[derive(Debug)]
@@ -83,7 +87,12 @@ pub(crate) fn run(setup: Setup) -> ! {
     // How the process is reported if the bridge had it killed or shut down.
     let mut imposed: Option<ExitStatus> = None;
     let mut kill_at: Option<Instant> = None;
+    let mut settle_at = Some(Instant::now() + SETTLE);
     loop {
+        if settle_at.is_some_and(|at| at <= Instant::now()) {
+            settle_at = None;
+            sys::release_file_pages();
+        }
         if kill_at.is_some_and(|at| at <= Instant::now()) && ended.is_none() {
             let _ = sys::kill(child, libc::SIGKILL);
             kill_at = None;
@@ -120,6 +129,7 @@ pub(crate) fn run(setup: Setup) -> ! {
                     .map(|h| h.interval.saturating_sub(beat.elapsed()).min(h.fence.saturating_sub(heard.elapsed())));
                 [
                     kill_at.map(|at| at.saturating_duration_since(Instant::now())),
+                    settle_at.map(|at| at.saturating_duration_since(Instant::now())),
                     lease.as_ref().and_then(Lease::left),
                     heartbeat_left,
                 ]

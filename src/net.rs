@@ -869,11 +869,12 @@ impl Net {
     }
 
     fn read_control(&mut self) {
-        let mut chunk = [0u8; 16 * 1024];
         loop {
-            match self.control.stream.read(&mut chunk) {
+            // Straight into the buffer's spare room: a zeroed buffer on the stack
+            // would cost every process pages of stack for good.
+            match sys::read_spare(self.control.stream.as_raw_fd(), &mut self.control.rbuf, 4096) {
                 Ok(0) => return self.bridge_lost(),
-                Ok(n) => self.control.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return self.bridge_lost(),

@@ -357,7 +357,6 @@ fn become_process(
         sys::Fork::Parent(child) => {
             drop((out_write, err_write, panic_write, control, listener, stdin));
             sys::ignore_signal(libc::SIGINT);
-            sys::release_file_pages();
             monitor::run(monitor::Setup {
                 child,
                 bridge: monitor_end,

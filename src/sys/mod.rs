@@ -71,39 +71,59 @@ pub(crate) fn getpid() -> OsPid {
 /// whose pages is the process's own (such as data relocated in place) and every
 /// writable mapping are left alone: dropping them would lose their contents.
 pub(crate) fn release_file_pages() {
-    let Ok(maps) = fs::read_to_string("/proc/self/maps") else { return };
-    let Ok(pagemap) = fs::File::open("/proc/self/pagemap") else { return };
-    // SAFETY: sysconf takes a plain integer.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-    let mut entries = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
-        let path = fields.nth(3).unwrap_or("");
-        if !perms.starts_with("r-") || !perms.ends_with('p') || !path.starts_with('/') {
-            continue;
+    // The ranges are found first and released last, with nothing but the calls to
+    // madvise in between: code run after a range's release faults back in.
+    let mut ranges = [(0usize, 0usize); 64];
+    let mut count = 0;
+    {
+        let Ok(maps) = fs::read_to_string("/proc/self/maps") else { return };
+        let Ok(pagemap) = fs::File::open("/proc/self/pagemap") else { return };
+        // SAFETY: sysconf takes a plain integer.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let mut entries = Vec::new();
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+            let path = fields.nth(3).unwrap_or("");
+            if !perms.starts_with("r-") || !perms.ends_with('p') || !path.starts_with('/') || count == ranges.len() {
+                continue;
+            }
+            let Some((start, end)) = range.split_once('-') else { continue };
+            let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+                continue;
+            };
+            // Each page's pagemap entry: bit 63 present, bit 61 a file page.
+            entries.resize((end - start) / page * 8, 0);
+            use std::os::unix::fs::FileExt;
+            if pagemap.read_exact_at(&mut entries, (start / page * 8) as u64).is_err() {
+                continue;
+            }
+            let own_page = entries.chunks_exact(8).any(|e| {
+                let e = u64::from_le_bytes(e.try_into().expect("chunks of eight"));
+                e & (1 << 63) != 0 && e & (1 << 61) == 0
+            });
+            if !own_page {
+                ranges[count] = (start, end - start);
+                count += 1;
+            }
         }
-        let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else { continue };
-        // Each page's pagemap entry: bit 63 present, bit 61 a file page.
-        entries.resize((end - start) / page * 8, 0);
-        use std::os::unix::fs::FileExt;
-        if pagemap.read_exact_at(&mut entries, (start / page * 8) as u64).is_err() {
-            continue;
-        }
-        let own_page = entries.chunks_exact(8).any(|e| {
-            let e = u64::from_le_bytes(e.try_into().expect("chunks of eight"));
-            e & (1 << 63) != 0 && e & (1 << 61) == 0
-        });
-        if own_page {
-            continue;
-        }
+    }
+    trim_heap();
+    for &(start, len) in &ranges[..count] {
         // SAFETY: the range is one of this process's read-only private file
         // mappings, none of whose pages is its own (pagemap says each present page
         // is the file's); MADV_DONTNEED only drops page-table entries, and later
         // accesses read the same bytes back from the file.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
     }
+}
+
+/// Returns the free memory at the top of the heap and in its free chunks to
+/// the system (a monitor, forked from a process, inherits heap pages it never
+/// uses again).
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases memory malloc holds free.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// This process's parent's id.
