@@ -96,10 +96,7 @@ fn values_taken_by_a_dropped_receiver_go_to_the_next_one_in_order() {
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     assert_eq!(job.line("reopened: "), "reopened: 10000 values in order true");
     assert_eq!(job.line("after: "), "after: Err(SenderDropped)");
-    assert_eq!(
-        job.line("then: "),
-        "then: Err(TypeMismatch { expected: \"u64\", found: \"alloc::string::String\" })"
-    );
+    assert_eq!(job.line("then: "), "then: Err(TypeMismatch { expected: \"u64\", found: \"alloc::string::String\" })");
 }
 
 #[test]
