@@ -40,9 +40,34 @@ impl Wake for ThreadWaker {
     }
 }
 
-/// A socket a task waits to read, the count of threads waiting on it in `poll`
-/// (which tells the I/O thread to leave its input to them), and the task's waker.
-type Wait = (RawFd, Arc<AtomicUsize>, Waker);
+/// Whether threads wait on a peer's socket in `poll` themselves: while one does,
+/// the I/O thread leaves the socket's input to it (without even taking the
+/// connection lock) and notes that it did.
+#[derive(Debug, Default)]
+pub(crate) struct Attention {
+    waiting: AtomicUsize,
+    skipped: AtomicBool,
+}
+
+impl Attention {
+    /// Whether a thread waits on the socket itself.
+    pub(crate) fn attended(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    /// Notes that the I/O thread left input on the socket to its reader.
+    pub(crate) fn skip(&self) {
+        self.skipped.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether input was left unread since the last call (or the last read).
+    pub(crate) fn take_skipped(&self) -> bool {
+        self.skipped.load(Ordering::Relaxed) && self.skipped.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// A socket a task waits to read, its [`Attention`], and the task's waker.
+type Wait = (RawFd, Arc<Attention>, Waker);
 
 thread_local! {
     /// The socket the future being blocked on waits to read, if it is one.
@@ -62,7 +87,7 @@ thread_local! {
 /// Notes that the current task waits for `fd` to become readable, so a thread
 /// blocked on it can wait in `poll` on the socket itself; while it does, it
 /// counts itself in `attended` and reads what comes itself.
-pub(crate) fn waiting_on(fd: RawFd, attended: &Arc<AtomicUsize>, waker: &Waker) {
+pub(crate) fn waiting_on(fd: RawFd, attended: &Arc<Attention>, waker: &Waker) {
     WAIT.with(|wait| *wait.borrow_mut() = Some((fd, attended.clone(), waker.clone())));
 }
 
@@ -94,11 +119,11 @@ pub trait Block: Future {
 
 /// A thread's count in a socket's `attended`, given back when dropped (also if
 /// the future panics).
-struct Attending(Arc<AtomicUsize>);
+struct Attending(Arc<Attention>);
 
 impl Drop for Attending {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -127,7 +152,7 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
         runtime::flush_queued();
         match (WAIT.with(|wait| wait.borrow_mut().take()), &state.eventfd) {
             (Some((socket, attended, task)), Some(eventfd)) => {
-                attended.fetch_add(1, Ordering::SeqCst);
+                attended.waiting.fetch_add(1, Ordering::SeqCst);
                 attending = Some(Attending(attended));
                 state.polling.store(true, Ordering::SeqCst);
                 if !state.notified.swap(false, Ordering::SeqCst) {

@@ -551,11 +551,12 @@ impl<T: DeserializeOwned> Receiver<T> {
                     // The I/O thread reads what comes and wakes us, unless it left
                     // the input to a thread waiting on the socket itself (this one,
                     // now polling it again) or paused reading a full inbox.
-                    let unread = peer.skipped_read || peer.read_paused || fd.is_some_and(block::saw_readable);
+                    let unread =
+                        peer.attention.take_skipped() || peer.read_paused || fd.is_some_and(block::saw_readable);
                     if read || !unread {
                         peer.recv_waker = Some(cx.waker().clone());
                         if let Some(fd) = fd {
-                            block::waiting_on(fd, &peer.attended, cx.waker());
+                            block::waiting_on(fd, &peer.attention, cx.waker());
                         }
                         return Refill::Pending;
                     }

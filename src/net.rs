@@ -15,6 +15,7 @@
 //! process has ended.
 
 use crate::{
+    block::Attention,
     codec::{self, CodecError},
     inbox::Inbox,
     lane::Lane,
@@ -31,7 +32,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io::{self, Read, Write},
     os::fd::{AsRawFd, RawFd},
-    sync::{atomic::AtomicUsize, Arc},
+    sync::{atomic::AtomicU64, Arc},
     task::Waker,
 };
 
@@ -83,11 +84,8 @@ pub(crate) struct Peer {
     pub(crate) lane: Arc<Lane>,
     pub(crate) inbox: Inbox,
     pub(crate) read_paused: bool,
-    /// How many threads blocked in `recv` wait on the connection itself.
-    pub(crate) attended: Arc<AtomicUsize>,
-    /// The I/O thread left input on the connection to a waiting thread, which
-    /// has not read it yet.
-    pub(crate) skipped_read: bool,
+    /// Whether threads blocked in `recv` wait on the connection themselves.
+    pub(crate) attention: Arc<Attention>,
     /// Our connection attempt was refused or the connection was reset or closed.
     closed: bool,
     /// The bridge says the process has ended.
@@ -173,6 +171,8 @@ pub(crate) struct Net {
     scratch: Vec<u8>,
     /// Wakers to call once the lock is released.
     pub(crate) to_wake: Vec<Waker>,
+    /// See [`Net::socket_epoch`].
+    socket_epoch: Arc<AtomicU64>,
 }
 
 fn would_block(error: &io::Error) -> bool {
@@ -207,6 +207,7 @@ impl Net {
             unwanted_spawns: std::collections::HashSet::new(),
             scratch: Vec::new(),
             to_wake: Vec::new(),
+            socket_epoch: Arc::default(),
         })
     }
 
@@ -242,10 +243,26 @@ impl Net {
     /// what comes, so the I/O thread leaves it alone and only notes it).
     fn left_to_its_reader(&mut self, key: usize) -> bool {
         let Phase::Established(pid) = self.sockets[key].phase else { return false };
-        let Some(peer) = self.peers.get_mut(&pid) else { return false };
-        let attended = peer.attended.load(std::sync::atomic::Ordering::SeqCst) > 0;
-        peer.skipped_read |= attended;
+        let Some(peer) = self.peers.get(&pid) else { return false };
+        let attended = peer.attention.attended();
+        if attended {
+            peer.attention.skip();
+        }
         attended
+    }
+
+    /// For the I/O thread's fast path: the attention and lane of the peer on
+    /// established socket `key`, valid while [`Net::socket_epoch`] stays the same.
+    pub(crate) fn fast_path_of(&self, key: usize) -> Option<(Arc<Attention>, Arc<Lane>)> {
+        let Phase::Established(pid) = self.sockets.get(key)?.phase else { return None };
+        let peer = self.peers.get(&pid)?;
+        Some((peer.attention.clone(), peer.lane.clone()))
+    }
+
+    /// Counts the sockets dropped, so the I/O thread knows when what it keeps
+    /// from [`Net::fast_path_of`] may have gone stale (a key can be reused).
+    pub(crate) fn socket_epoch(&self) -> Arc<AtomicU64> {
+        self.socket_epoch.clone()
     }
 
     // ---- the peer table, as the channel API uses it ----
@@ -578,7 +595,7 @@ impl Net {
                         return;
                     }
                     peer.read_paused = false;
-                    peer.skipped_read = false;
+                    peer.attention.take_skipped();
                     let result = peer.inbox.read_from(fd);
                     if matches!(result, Ok((n, _)) if n > 0) && peer.inbox.has_frame() {
                         self.to_wake.extend(peer.recv_waker.take());
@@ -770,6 +787,7 @@ impl Net {
         if self.sockets.contains(key) {
             let mut socket = self.sockets.remove(key);
             let _ = self.registry.deregister(&mut socket.stream);
+            self.socket_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 

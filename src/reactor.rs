@@ -2,12 +2,12 @@
 //! connections, reads and writes when sockets become ready, fires timers, and
 //! wakes the tasks waiting on any of it.
 
-use crate::runtime::Runtime;
-use mio::{Events, Poll};
+use crate::{block::Attention, lane::Lane, runtime::Runtime};
+use mio::{event::Event, Events, Poll};
 use parking_lot::Mutex;
 use std::{
     cmp::Reverse,
-    collections::BinaryHeap,
+    collections::{BinaryHeap, HashMap},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -81,11 +81,37 @@ impl Timers {
 /// else woke it.
 const COALESCE: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// What the reactor knows of established peer sockets without the connection
+/// lock, to leave alone those whose input a blocked thread reads itself.
+#[derive(Default)]
+struct FastPath {
+    sockets: HashMap<usize, (Arc<Attention>, Arc<Lane>)>,
+    /// The [`Net::socket_epoch`](crate::net::Net::socket_epoch) `sockets` is valid for.
+    epoch: u64,
+}
+
+impl FastPath {
+    /// Whether the event is only input on a socket a thread waits on itself
+    /// (and nothing waits to be written on it): then it is noted and left.
+    fn leave(&self, event: &Event) -> bool {
+        let Some((attention, lane)) = self.sockets.get(&event.token().0) else { return false };
+        let only_input = event.is_readable() && !event.is_read_closed() && !event.is_error();
+        if only_input && attention.attended() && lane.lock().out.queued() == 0 {
+            attention.skip();
+            return true;
+        }
+        false
+    }
+}
+
 /// Runs the reactor loop forever on the current thread.
 pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
     let mut events = Events::with_capacity(1024);
     let mut wake = Vec::new();
     let mut next_deadline: Option<Instant> = None;
+    let epoch = runtime.net.lock().socket_epoch();
+    let mut fast = FastPath::default();
+    let mut left = Vec::new();
     loop {
         let timeout = next_deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if let Err(error) = poll.poll(&mut events, timeout) {
@@ -99,11 +125,33 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
         if events.iter().all(|e| e.token() == crate::net::WAKER) && !events.is_empty() {
             std::thread::sleep(COALESCE);
         }
-        {
+        // Input a blocked thread reads itself costs no lock here. If a socket was
+        // dropped meanwhile (its key may now be another's), the events are handled
+        // in full below after all.
+        if fast.epoch != epoch.load(Ordering::SeqCst) {
+            fast.sockets.clear();
+        }
+        left.clear();
+        left.extend(events.iter().filter(|e| fast.leave(e)).map(Event::token));
+        if fast.epoch != epoch.load(Ordering::SeqCst) {
+            left.clear();
+        }
+        if events.is_empty() || events.iter().any(|e| !left.contains(&e.token())) {
             let mut net = runtime.net.lock();
+            let now_epoch = epoch.load(Ordering::SeqCst);
+            if fast.epoch != now_epoch {
+                fast.sockets.clear();
+                fast.epoch = now_epoch;
+            }
             for event in events.iter() {
-                if event.token() == crate::net::WAKER {
+                if event.token() == crate::net::WAKER || left.contains(&event.token()) {
                     continue;
+                }
+                let key = event.token().0;
+                if !fast.sockets.contains_key(&key) {
+                    if let Some(entry) = net.fast_path_of(key) {
+                        fast.sockets.insert(key, entry);
+                    }
                 }
                 net.on_event(
                     event.token(),
