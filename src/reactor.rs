@@ -7,7 +7,7 @@ use mio::{event::Event, Events, Poll};
 use parking_lot::Mutex;
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{hash_map::Entry, BinaryHeap, HashMap},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -148,9 +148,9 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
                     continue;
                 }
                 let key = event.token().0;
-                if !fast.sockets.contains_key(&key) {
+                if let Entry::Vacant(vacant) = fast.sockets.entry(key) {
                     if let Some(entry) = net.fast_path_of(key) {
-                        fast.sockets.insert(key, entry);
+                        vacant.insert(entry);
                     }
                 }
                 net.on_event(
