@@ -286,6 +286,26 @@ impl<T: Serialize> Sender<T> {
         }
     }
 
+    /// Queues a large `Vec<u8>` (in `value`, taken once queued) without copying
+    /// it, or waits while the buffer is full.
+    fn push_owned(pid: Pid, lane: &Lane, header: &[u8], value: &mut Option<T>, waker: &Waker) -> Poll<()> {
+        let mut take = || codec::take_byte_vec(value.take().expect("a value to send"));
+        match lane.try_push_owned(header, &mut take) {
+            Appended::Queued { newly_dirty: false, reply: false } => Poll::Ready(()),
+            Appended::Queued { newly_dirty, reply } => {
+                runtime::with_net(|net| net.appended(pid, newly_dirty, reply));
+                Poll::Ready(())
+            }
+            Appended::Full => runtime::with_net(|net| {
+                if !net.room_or_wait(pid, waker) {
+                    return Poll::Pending;
+                }
+                net.queue_owned(pid, header, take());
+                Poll::Ready(())
+            }),
+        }
+    }
+
     /// Ready when the buffer has room (or the peer is gone).
     fn poll_room(&self, cx: &mut Context<'_>, net: &mut Net) -> Poll<()> {
         let ready = match &self.route {
@@ -334,6 +354,12 @@ impl<T: Serialize> Future for Send<'_, T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let Some(value) = &this.value else { return Poll::Ready(()) };
+        if let (Route::Channel(pid, lane), Some(bytes)) = (&this.sender.route, codec::large_byte_vec(value)) {
+            let header = codec::byte_vec_header(FRAME_DATA, bytes.len()).unwrap_or_else(|error| {
+                panic!("constellation: cannot serialise a value to send ({:?}): {error}", this.sender.route)
+            });
+            return Sender::<T>::push_owned(*pid, lane, &header, &mut this.value, cx.waker());
+        }
         let queued = this.sender.queue_or_wait(value, Some(cx.waker()));
         if queued.is_ready() {
             this.value = None;

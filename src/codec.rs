@@ -83,6 +83,50 @@ pub(crate) fn append_frame<T: Serialize + ?Sized>(buf: &mut Vec<u8>, kind: u8, v
     Ok(())
 }
 
+/// A `Vec<u8>` value of at least this many bytes is sent without being copied:
+/// its frame's header goes ahead of it, and the vector itself is queued.
+pub(crate) const OWNED_BYTES: usize = 64 * 1024;
+
+/// `value` as the `Vec<u8>` it is, if `T` is `Vec<u8>` of at least
+/// [`OWNED_BYTES`] bytes (then [`take_byte_vec`] takes it without a copy).
+pub(crate) fn large_byte_vec<T>(value: &T) -> Option<&Vec<u8>> {
+    if !is_byte_vec::<T>() {
+        return None;
+    }
+    // SAFETY: `T` is `Vec<u8>` (type ids are equal; `Vec<u8>` has no lifetimes).
+    let bytes = unsafe { &*(value as *const T as *const Vec<u8>) };
+    (bytes.len() >= OWNED_BYTES).then_some(bytes)
+}
+
+/// Moves a `T` that [`large_byte_vec`] accepted out as the `Vec<u8>` it is.
+///
+/// # Panics
+/// If `T` is not `Vec<u8>`.
+pub(crate) fn take_byte_vec<T>(value: T) -> Vec<u8> {
+    assert!(is_byte_vec::<T>(), "take_byte_vec on a type other than Vec<u8>");
+    let value = std::mem::ManuallyDrop::new(value);
+    // SAFETY: `T` is `Vec<u8>` (checked above); the value is moved out of the
+    // `ManuallyDrop`, which never drops it, so it has one owner.
+    unsafe { std::ptr::read(&*value as *const T as *const Vec<u8>) }
+}
+
+/// The header of a `DATA`-like frame of `kind` carrying a `Vec<u8>` of `len`
+/// bytes (the frame header, then the vector's length as bincode writes it); the
+/// bytes follow it on the wire.
+pub(crate) fn byte_vec_header(kind: u8, len: usize) -> Result<[u8; HEADER + 8], CodecError> {
+    let frame = 1 + 8 + len;
+    if frame > MAX_FRAME {
+        return Err(CodecError(format!(
+            "a value of {frame} bytes is larger than the largest frame ({MAX_FRAME} bytes)"
+        )));
+    }
+    let mut header = [0u8; HEADER + 8];
+    header[..4].copy_from_slice(&(frame as u32).to_le_bytes());
+    header[4] = kind;
+    header[HEADER..].copy_from_slice(&(len as u64).to_le_bytes());
+    Ok(header)
+}
+
 /// Appends a frame of `kind` whose payload is `payload` as it is.
 pub(crate) fn append_raw_frame(buf: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     buf.extend_from_slice(&((payload.len() + 1) as u32).to_le_bytes());

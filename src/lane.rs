@@ -59,6 +59,28 @@ impl Lane {
         }
     }
 
+    /// Queues a large `Vec<u8>` value without copying it: `header` (its frame's
+    /// header), then the vector `take` hands over, unless the buffer is full
+    /// (then `take` is not called).
+    pub(crate) fn try_push_owned(&self, header: &[u8], take: impl FnOnce() -> Vec<u8>) -> Appended {
+        let mut state = self.state.lock();
+        if state.closed {
+            drop(state);
+            drop(take());
+            return Appended::Queued { newly_dirty: false, reply: false };
+        }
+        if state.out.queued() >= SEND_BOUND {
+            return Appended::Full;
+        }
+        let was_empty = state.out.queued() == 0;
+        let _ = state.out.append(|buf| {
+            buf.extend_from_slice(header);
+            Ok::<(), ()>(())
+        });
+        state.out.push_chunk(take());
+        self.queued_one(state, was_empty)
+    }
+
     /// The fast path of a send: appends the frames `append` writes unless the
     /// buffer is full.
     pub(crate) fn try_append(
@@ -74,9 +96,14 @@ impl Lane {
         }
         let was_empty = state.out.queued() == 0;
         state.out.append(append)?;
+        Ok(self.queued_one(state, was_empty))
+    }
+
+    /// Marks the lane dirty after a value was queued, and says what `Net` must do.
+    fn queued_one(&self, mut state: MutexGuard<'_, LaneState>, was_empty: bool) -> Appended {
         let newly_dirty = !std::mem::replace(&mut state.dirty, true);
         drop(state);
         let reply = self.reply_due.load(Ordering::Relaxed) && self.reply_due.swap(false, Ordering::Relaxed);
-        Ok(Appended::Queued { newly_dirty, reply: reply && was_empty })
+        Appended::Queued { newly_dirty, reply: reply && was_empty }
     }
 }

@@ -367,6 +367,22 @@ impl Net {
         Ok(())
     }
 
+    /// Queues a large `Vec<u8>` value for `pid` without copying it (`header` is
+    /// its frame's header) whatever its buffer holds; dropped if `pid` is gone.
+    pub(crate) fn queue_owned(&mut self, pid: Pid, header: &[u8], bytes: Vec<u8>) {
+        let peer = self.peer(pid);
+        if !peer.gone() {
+            let mut lane = peer.lane.lock();
+            let _ = lane.out.append(|buf| {
+                buf.extend_from_slice(header);
+                Ok::<(), ()>(())
+            });
+            lane.out.push_chunk(bytes);
+            drop(lane);
+            self.mark_dirty(pid);
+        }
+    }
+
     /// What follows a value a `Sender` appended to `pid`'s lane itself: a reply
     /// is written at once, on this thread (in request/response, latency
     /// counts); values streamed one after another are left for the reactor to
@@ -590,7 +606,10 @@ impl Net {
             let result = match socket.phase {
                 Phase::Established(pid) => {
                     let peer = self.peers.get_mut(&pid).expect("established sockets have peers");
-                    if peer.inbox.pending() >= RECV_BOUND {
+                    // Reading pauses once enough waits to be received, but never
+                    // in the middle of the first frame, however large: it could
+                    // not complete, and nothing else would be received.
+                    if peer.inbox.pending() >= RECV_BOUND && peer.inbox.has_frame() {
                         peer.read_paused = true;
                         return;
                     }

@@ -11,6 +11,10 @@ use std::{
 const CHUNK: usize = 64 * 1024;
 /// An emptied chunk up to this size is kept for reuse.
 const KEEP: usize = 16 * 1024;
+// A pushed chunk is at least this full, so frames appended after it start a
+// chunk of their own instead of growing it.
+const _: () = assert!(crate::codec::OWNED_BYTES >= CHUNK);
+
 /// At most this many chunks go into one `writev`.
 const MAX_SLICES: usize = 64;
 
@@ -41,6 +45,16 @@ impl Outbox {
         let result = append(last);
         self.queued += last.len() - before;
         result
+    }
+
+    /// Queues `chunk` as it is, after everything queued: a large value, never
+    /// copied (frames appended later start a chunk of their own).
+    pub(crate) fn push_chunk(&mut self, chunk: Vec<u8>) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.queued += chunk.len();
+        self.chunks.push_back(chunk);
     }
 
     /// Writes as much as `to` takes without blocking. Returns whether anything
@@ -147,6 +161,34 @@ mod tests {
         }
         assert_eq!(sink.written, expected);
         assert!(outbox.chunks.len() <= 1, "written chunks are released");
+    }
+
+    #[test]
+    fn pushed_chunks_keep_their_place_among_appended_frames() {
+        let mut outbox = Outbox::default();
+        let mut expected = Vec::new();
+        for i in 0..50usize {
+            let small = vec![i as u8; i * 13 % 700];
+            expected.extend_from_slice(&small);
+            outbox
+                .append(|buf| -> Result<(), ()> {
+                    buf.extend_from_slice(&small);
+                    Ok(())
+                })
+                .unwrap();
+            if i % 3 == 0 {
+                let large = vec![(i + 100) as u8; CHUNK + i * 1000];
+                expected.extend_from_slice(&large);
+                outbox.push_chunk(large);
+            }
+        }
+        assert_eq!(outbox.queued(), expected.len());
+        let mut sink = Trickle { written: Vec::new(), limit: 10_000, calls_left: 0 };
+        while outbox.queued() > 0 {
+            sink.calls_left = 2;
+            outbox.write_to(&mut sink).unwrap();
+        }
+        assert_eq!(sink.written, expected);
     }
 
     #[test]

@@ -105,3 +105,10 @@ fn a_value_sent_right_before_the_end_arrives_and_then_the_end() {
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     assert_eq!(job.line("ends seen: "), "ends seen: 50 of 50; together: Ok(1225)");
 }
+
+#[test]
+fn byte_vectors_of_every_size_arrive_whole_and_in_order() {
+    let job = Job::new("scenarios", &["byte_vectors"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("intact: "), "intact: 200 of 200; then Err(SenderDropped)");
+}

@@ -340,6 +340,37 @@ fn main() {
             let values = timeout(Duration::from_secs(10), all).block().map(|v| v.into_iter().flatten().sum::<u64>());
             println!("ends seen: {ends} of 50; together: {values:?}");
         }
+        "byte_vectors" => {
+            // Byte vectors of every size class (large ones are queued without a
+            // copy), interleaved with small values, arrive whole and in order.
+            let sizes: Vec<usize> = vec![0, 1, 65_535, 65_536, 65_537, 1 << 20, 3, (1 << 20) + 7, 200_000, 5];
+            let sent = sizes.clone();
+            let child = spawn(
+                Resources { mem: 200 * Mem::MIB, ..small() },
+                FnOnce!(move |parent: Pid| {
+                    let sender = Sender::<Vec<u8>>::new(parent);
+                    for round in 0..20u8 {
+                        for &size in &sent {
+                            let bytes: Vec<u8> =
+                                (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(round)).collect();
+                            sender.send(bytes).block();
+                        }
+                    }
+                }),
+            )
+            .block()
+            .unwrap();
+            let receiver = Receiver::<Vec<u8>>::new(child);
+            let mut intact = 0;
+            for round in 0..20u8 {
+                for &size in &sizes {
+                    let bytes = receiver.recv().block().unwrap();
+                    let expected = (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(round));
+                    intact += usize::from(bytes.len() == size && bytes.iter().copied().eq(expected));
+                }
+            }
+            println!("intact: {intact} of {}; then {:?}", 20 * sizes.len(), receiver.recv().block());
+        }
         "type_mismatch" => {
             let child = spawn(
                 small(),
