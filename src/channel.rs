@@ -18,7 +18,7 @@
 
 use crate::{
     block, codec,
-    inbox::Inbox,
+    inbox::{Inbox, Large, Next},
     lane::{Appended, Lane},
     net::{Net, FRAME_CLOSE, FRAME_DATA, FRAME_OPEN, RECV_BOUND, SEND_BOUND},
     proto::{MailTo, Request},
@@ -446,6 +446,19 @@ enum Frame<T> {
 }
 
 impl<T: DeserializeOwned> Frame<T> {
+    /// [`Frame::of`] a large frame, whose payload is in two parts: a byte
+    /// vector received is its buffer, not a copy.
+    fn of_large(large: Large, mismatched: &mut bool) -> Frame<T> {
+        if large.kind == FRAME_DATA && !*mismatched {
+            return Frame::Received(
+                codec::decode_split(large.head, large.body).map_err(|e| RecvError::Corrupt(e.to_string())),
+            );
+        }
+        let mut payload = large.head.to_vec();
+        payload.extend_from_slice(&large.body);
+        Frame::of(large.kind, &payload, mismatched)
+    }
+
     fn of(kind: u8, payload: &[u8], mismatched: &mut bool) -> Frame<T> {
         match kind {
             FRAME_OPEN => {
@@ -565,8 +578,11 @@ impl<T: DeserializeOwned> Receiver<T> {
                 }
                 return Refill::Taken;
             }
-            let (kind, payload) = match peer.inbox.next() {
-                Ok(Some(frame)) => frame,
+            let (kind, frame) = match peer.inbox.next_any() {
+                Ok(Some(Next::InPlace(kind, payload))) => {
+                    (kind, Frame::of(kind, peer.inbox.bytes(payload), &mut peer.mismatched))
+                }
+                Ok(Some(Next::Large(large))) => (large.kind, Frame::of_large(large, &mut peer.mismatched)),
                 Ok(None) => {
                     peer.inbox.tidy();
                     if peer.gone() {
@@ -595,7 +611,6 @@ impl<T: DeserializeOwned> Receiver<T> {
                     return Refill::Ready(Err(RecvError::Corrupt(error.to_string())));
                 }
             };
-            let frame = Frame::of(kind, peer.inbox.bytes(payload), &mut peer.mismatched);
             taken.mismatched = peer.mismatched;
             let result = match frame {
                 Frame::Skip => continue,

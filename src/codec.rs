@@ -10,7 +10,8 @@ use std::fmt;
 /// The largest frame accepted from anyone; a longer length prefix is corrupt input.
 pub(crate) const MAX_FRAME: usize = 1 << 30;
 
-const HEADER: usize = 5;
+/// The bytes of a frame before its payload: the length, then the kind.
+pub(crate) const HEADER: usize = 5;
 
 /// Input that is not a valid frame or value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,25 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
         return Ok(value);
     }
     Ok(bincode::deserialize(bytes)?)
+}
+
+/// Decodes a value from a payload held in two parts: its first eight bytes and
+/// the rest. A `Vec<u8>` is the rest itself, without a copy.
+pub(crate) fn decode_split<T: DeserializeOwned>(head: [u8; 8], body: Vec<u8>) -> Result<T, CodecError> {
+    if is_byte_vec::<T>() {
+        let len = u64::from_le_bytes(head);
+        if len != body.len() as u64 {
+            return Err(CodecError(format!("a byte vector of length {len} in {} bytes", body.len())));
+        }
+        let body = std::mem::ManuallyDrop::new(body);
+        // SAFETY: `T` is `Vec<u8>`; the vector is moved out of the `ManuallyDrop`,
+        // which never drops it, so it has one owner.
+        return Ok(unsafe { std::ptr::read(&*body as *const Vec<u8> as *const T) });
+    }
+    let mut payload = Vec::with_capacity(8 + body.len());
+    payload.extend_from_slice(&head);
+    payload.extend_from_slice(&body);
+    decode(&payload)
 }
 
 fn decode_byte_vec(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {

@@ -1,6 +1,7 @@
 //! `Inbox`: the bytes received from one peer, read straight from its socket and
 //! parsed in place, so a received value costs no allocation or copy before it is
-//! decoded.
+//! decoded. A large frame is read into a buffer of its own instead, which a
+//! received byte vector then is, never copied.
 
 use crate::{
     codec::{self, CodecError},
@@ -22,12 +23,59 @@ pub(crate) struct Inbox {
     buf: Vec<u8>,
     /// Where the next frame starts.
     pos: usize,
+    /// A large frame ahead of everything in `buf`, read into its own buffer.
+    large: Option<Large>,
+}
+
+/// A frame whose payload is at least [`codec::OWNED_BYTES`] long: its kind, the
+/// first eight bytes of its payload (a byte vector's length), and the rest, read
+/// straight into a buffer of exactly its size.
+#[derive(Debug)]
+pub(crate) struct Large {
+    pub(crate) kind: u8,
+    pub(crate) head: [u8; 8],
+    pub(crate) body: Vec<u8>,
+}
+
+impl Large {
+    fn missing(&self) -> usize {
+        self.body.capacity() - self.body.len()
+    }
+}
+
+/// The next frame of an [`Inbox`].
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Its kind and where its payload lies (for [`Inbox::bytes`]).
+    InPlace(u8, Range<usize>),
+    /// A large frame, taken out.
+    Large(Large),
 }
 
 impl Inbox {
     /// Bytes received and not yet taken.
     pub(crate) fn pending(&self) -> usize {
-        self.buf.len() - self.pos
+        self.buf.len() - self.pos + self.large.as_ref().map_or(0, |large| 8 + large.body.len())
+    }
+
+    /// Moves the frame at the front to a buffer of its own if it is large and
+    /// incomplete, and its payload's first eight bytes are here: what follows of
+    /// it is read straight there.
+    fn start_large(&mut self) {
+        let pending = &self.buf[self.pos..];
+        let Some(len) = codec::frame_len(pending) else { return };
+        let payload = len - codec::HEADER;
+        if self.large.is_some() || payload < codec::OWNED_BYTES || pending.len() >= len {
+            return;
+        }
+        let Some(head) = pending.get(codec::HEADER..codec::HEADER + 8) else { return };
+        let head: [u8; 8] = head.try_into().expect("eight bytes");
+        let kind = pending[4];
+        let mut body = Vec::with_capacity(payload - 8);
+        body.extend_from_slice(&pending[codec::HEADER + 8..]);
+        self.large = Some(Large { kind, head, body });
+        self.buf.truncate(self.pos);
+        self.tidy();
     }
 
     /// Appends bytes received elsewhere (after a handshake).
@@ -39,6 +87,17 @@ impl Inbox {
     /// way. Returns the count (0 is end of file) and whether the read filled the
     /// room it had (if not, the socket held no more).
     pub(crate) fn read_from(&mut self, fd: RawFd) -> io::Result<(usize, bool)> {
+        self.start_large();
+        if let Some(large) = &mut self.large {
+            // One large frame is held at a time: what follows it is read once it
+            // is taken (so the next one gets its own buffer too).
+            let want = large.missing();
+            if want == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = sys::read_spare(fd, &mut large.body, want)?;
+            return Ok((n, n == want));
+        }
         let pending = &self.buf[self.pos..];
         let want = codec::frame_len(pending)
             .map_or(READ_CHUNK, |n| n.saturating_sub(pending.len()))
@@ -48,18 +107,31 @@ impl Inbox {
             self.pos = 0;
         }
         let n = sys::read_spare(fd, &mut self.buf, want)?;
+        self.start_large();
         Ok((n, n == want))
     }
 
     /// Takes the next complete frame: its kind and where its payload lies (valid
     /// for [`Inbox::bytes`] until the next read).
     pub(crate) fn next(&mut self) -> Result<Option<(u8, Range<usize>)>, CodecError> {
+        if self.large.is_some() {
+            return Ok(None);
+        }
         let Some(frame) = codec::next_frame(&self.buf[self.pos..])? else {
             return Ok(None);
         };
         let payload = self.pos + frame.payload.start..self.pos + frame.payload.end;
         self.pos += frame.len;
         Ok(Some((frame.kind, payload)))
+    }
+
+    /// Takes the next complete frame, large ones included.
+    pub(crate) fn next_any(&mut self) -> Result<Option<Next>, CodecError> {
+        match &self.large {
+            Some(large) if large.missing() == 0 => Ok(self.large.take().map(Next::Large)),
+            Some(_) => Ok(None),
+            None => Ok(self.next()?.map(|(kind, payload)| Next::InPlace(kind, payload))),
+        }
     }
 
     /// The bytes of a payload returned by [`Inbox::next`].
@@ -69,12 +141,18 @@ impl Inbox {
 
     /// Whether a complete frame is waiting.
     pub(crate) fn has_frame(&self) -> bool {
-        matches!(codec::next_frame(&self.buf[self.pos..]), Ok(Some(_)) | Err(_))
+        match &self.large {
+            Some(large) => large.missing() == 0,
+            None => matches!(codec::next_frame(&self.buf[self.pos..]), Ok(Some(_)) | Err(_)),
+        }
     }
 
     /// Whether any value (a `DATA` frame, of kind `data`) waits to be taken; other
     /// frames only mark a `Sender` opened or dropped.
     pub(crate) fn holds_values(&self, data: u8) -> bool {
+        if self.large.as_ref().is_some_and(|large| large.kind == data) {
+            return true;
+        }
         let mut rest = &self.buf[self.pos..];
         while let Ok(Some(frame)) = codec::next_frame(rest) {
             if frame.kind == data {
@@ -92,6 +170,9 @@ impl Inbox {
     /// A `Receiver` takes small values this way, many per lock of the connection
     /// state, and parses them from its own buffer.
     pub(crate) fn move_frames(&mut self, into: &mut Inbox) -> bool {
+        if self.large.is_some() {
+            return false;
+        }
         let start = self.pos;
         let mut end = start;
         while let Ok(Some(frame)) = codec::next_frame(&self.buf[end..]) {
@@ -115,8 +196,16 @@ impl Inbox {
         if bytes.is_empty() {
             return;
         }
-        let mut buf = Vec::with_capacity(bytes.len() + self.pending());
+        let mut buf = Vec::with_capacity(bytes.len() + self.pending() + codec::HEADER);
         buf.extend_from_slice(bytes);
+        if let Some(large) = self.large.take() {
+            // The large frame follows what is put back: into the buffer it goes.
+            let len = 1 + 8 + large.body.capacity();
+            buf.extend_from_slice(&(len as u32).to_le_bytes());
+            buf.push(large.kind);
+            buf.extend_from_slice(&large.head);
+            buf.extend_from_slice(&large.body);
+        }
         buf.extend_from_slice(&self.buf[self.pos..]);
         self.buf = buf;
         self.pos = 0;
@@ -167,5 +256,41 @@ mod tests {
         }
         assert_eq!(seen, 100);
         assert_eq!(inbox.pending(), 0);
+    }
+}
+
+#[cfg(test)]
+mod large_tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn large_frames_are_read_into_their_own_buffer() {
+        let (read, write) = std::os::unix::net::UnixStream::pair().unwrap();
+        read.set_nonblocking(true).unwrap();
+        let writer = std::thread::spawn(move || {
+            for i in 0..5u8 {
+                let mut frame = Vec::new();
+                codec::append_frame(&mut frame, 2, &vec![i; 1 << 20]).unwrap();
+                std::io::Write::write_all(&mut &write, &frame).unwrap();
+            }
+        });
+        let mut inbox = Inbox::default();
+        let (mut large, mut in_place) = (0, 0);
+        while large + in_place < 5 {
+            let _ = inbox.read_from(read.as_raw_fd());
+            while let Some(next) = inbox.next_any().unwrap() {
+                match next {
+                    Next::Large(frame) => {
+                        assert_eq!(frame.body.len(), 1 << 20);
+                        large += 1;
+                    }
+                    Next::InPlace(..) => in_place += 1,
+                }
+            }
+            inbox.tidy();
+        }
+        writer.join().unwrap();
+        assert_eq!((large, in_place), (5, 0));
     }
 }

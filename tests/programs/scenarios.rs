@@ -360,9 +360,13 @@ fn main() {
             )
             .block()
             .unwrap();
-            let receiver = Receiver::<Vec<u8>>::new(child);
             let mut intact = 0;
+            let mut receiver = Receiver::<Vec<u8>>::new(child);
             for round in 0..20u8 {
+                // A new Receiver each round: what the old one had read and not
+                // received goes to the new one.
+                drop(receiver);
+                receiver = Receiver::<Vec<u8>>::new(child);
                 for &size in &sizes {
                     let bytes = receiver.recv().block().unwrap();
                     let expected = (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(round));
