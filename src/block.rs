@@ -1,4 +1,5 @@
-//! Running futures on the current thread (`Block`), and time: `sleep`, `timeout`.
+//! Running futures on the current thread (`Block`), including which sockets a
+//! blocked thread reads itself ([`Attention`]), and time: `sleep`, `timeout`.
 
 use crate::{reactor::TimerSlot, runtime, sys};
 use std::{

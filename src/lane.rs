@@ -73,11 +73,7 @@ impl Lane {
             return Appended::Full;
         }
         let was_empty = state.out.queued() == 0;
-        let _ = state.out.append(|buf| {
-            buf.extend_from_slice(header);
-            Ok::<(), ()>(())
-        });
-        state.out.push_chunk(take());
+        state.out.push_chunk(header, take());
         self.queued_one(state, was_empty)
     }
 

@@ -270,11 +270,6 @@ impl Net {
     /// The entry for `pid`, asking the bridge to say when it ends.
     pub(crate) fn peer(&mut self, pid: Pid) -> &mut Peer {
         let Net { peers, control, .. } = self;
-        Self::watched_peer(peers, control, pid)
-    }
-
-    /// [`Net::peer`], on the fields it needs, so callers can hold others too.
-    fn watched_peer<'a>(peers: &'a mut PidMap<Peer>, control: &mut Control, pid: Pid) -> &'a mut Peer {
         let peer = peers.entry(pid).or_default();
         if !peer.watched {
             peer.watched = true;
@@ -372,13 +367,7 @@ impl Net {
     pub(crate) fn queue_owned(&mut self, pid: Pid, header: &[u8], bytes: Vec<u8>) {
         let peer = self.peer(pid);
         if !peer.gone() {
-            let mut lane = peer.lane.lock();
-            let _ = lane.out.append(|buf| {
-                buf.extend_from_slice(header);
-                Ok::<(), ()>(())
-            });
-            lane.out.push_chunk(bytes);
-            drop(lane);
+            peer.lane.lock().out.push_chunk(header, bytes);
             self.mark_dirty(pid);
         }
     }

@@ -47,14 +47,17 @@ impl Outbox {
         result
     }
 
-    /// Queues `chunk` as it is, after everything queued: a large value, never
-    /// copied (frames appended later start a chunk of their own).
-    pub(crate) fn push_chunk(&mut self, chunk: Vec<u8>) {
-        if chunk.is_empty() {
-            return;
+    /// Queues `header`, then `chunk` as it is: a large value, never copied
+    /// (frames appended later start a chunk of their own).
+    pub(crate) fn push_chunk(&mut self, header: &[u8], chunk: Vec<u8>) {
+        let _ = self.append(|buf| {
+            buf.extend_from_slice(header);
+            Ok::<(), ()>(())
+        });
+        if !chunk.is_empty() {
+            self.queued += chunk.len();
+            self.chunks.push_back(chunk);
         }
-        self.queued += chunk.len();
-        self.chunks.push_back(chunk);
     }
 
     /// Writes as much as `to` takes without blocking. Returns whether anything
@@ -178,8 +181,9 @@ mod tests {
                 .unwrap();
             if i % 3 == 0 {
                 let large = vec![(i + 100) as u8; CHUNK + i * 1000];
+                expected.extend_from_slice(b"head");
                 expected.extend_from_slice(&large);
-                outbox.push_chunk(large);
+                outbox.push_chunk(b"head", large);
             }
         }
         assert_eq!(outbox.queued(), expected.len());

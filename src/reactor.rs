@@ -1,6 +1,7 @@
 //! The background I/O thread: an edge-triggered epoll loop (mio) that accepts
 //! connections, reads and writes when sockets become ready, fires timers, and
-//! wakes the tasks waiting on any of it.
+//! wakes the tasks waiting on any of it. Input on a socket that a blocked thread
+//! waits on itself is left to that thread, decided without the connection lock.
 
 use crate::{block::Attention, lane::Lane, runtime::Runtime};
 use mio::{event::Event, Events, Poll};
