@@ -9,21 +9,25 @@ use std::{net::SocketAddr, time::Duration};
 /// monitor's connection to the bridge: the payload is one bincode value.
 pub(crate) const KIND_MESSAGE: u8 = 1;
 
+/// Start a process running the closure `arg` through the trampoline at `entry`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SpawnRequest {
+    pub(crate) id: u64,
+    pub(crate) resources: Resources,
+    pub(crate) options: SpawnOptions,
+    /// Set up a monitor of the new process with this id, before it can end.
+    pub(crate) monitor: Option<u64>,
+    pub(crate) entry: isize,
+    pub(crate) arg: Vec<u8>,
+    pub(crate) env: Environment,
+}
+
 /// What a process asks of the bridge. Requests with an `id` are answered by a
 /// reply carrying the same `id`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
-    /// Start a process running the closure `arg` through the trampoline at `entry`.
-    /// `monitor`: set up a monitor of the new process with this id, before it can end.
-    Spawn {
-        id: u64,
-        resources: Resources,
-        options: SpawnOptions,
-        monitor: Option<u64>,
-        entry: isize,
-        arg: Vec<u8>,
-        env: Environment,
-    },
+    /// Start a process (see [`SpawnRequest`]).
+    Spawn(SpawnRequest),
     /// Show a supervisor's report on the job's output.
     Supervisor { event: SupervisorEvent },
     /// Tell me when `pid` has ended (at once if it already has, or never existed).
@@ -65,7 +69,7 @@ pub(crate) enum MailTo {
 /// What the bridge tells a process.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
-    /// The answer to `Request::Spawn { id, .. }`.
+    /// The answer to `Request::Spawn`, by its `id`.
     Spawned { id: u64, result: Result<Pid, SpawnError> },
     /// A watched process has ended.
     Ended { pid: Pid },

@@ -6,7 +6,7 @@
 
 use crate::{
     codec,
-    proto::{Environment, Reply, Request},
+    proto::{Environment, Reply, Request, SpawnRequest},
     runtime, Pid, Resources,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -190,7 +190,7 @@ impl ProcessFn {
     /// If [`init`](crate::init) has not been called.
     pub fn spawn(&self, resources: Resources, options: SpawnOptions) -> Spawn {
         runtime::get();
-        let request = Request::Spawn {
+        let request = SpawnRequest {
             id: 0,
             resources,
             options,
@@ -207,8 +207,8 @@ impl ProcessFn {
     pub(crate) fn spawn_monitored(&self, resources: Resources, options: SpawnOptions) -> Spawn {
         let mut spawn = self.spawn(resources, options);
         let id = runtime::with_net(|net| net.new_slot());
-        if let Some(Request::Spawn { monitor, .. }) = &mut spawn.request {
-            *monitor = Some(id);
+        if let Some(request) = &mut spawn.request {
+            request.monitor = Some(id);
         }
         spawn.monitor = Some(id);
         spawn
@@ -219,7 +219,7 @@ impl ProcessFn {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled: call .block() or .await"]
 pub struct Spawn {
-    request: Option<Request>,
+    request: Option<SpawnRequest>,
     id: u64,
     /// The monitor set up with the spawn, if asked for.
     monitor: Option<u64>,
@@ -240,13 +240,8 @@ impl Future for Spawn {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         runtime::with_net(|net| {
-            if let Some(mut request) = this.request.take() {
-                this.id = net.call(|id| {
-                    if let Request::Spawn { id: slot, .. } = &mut request {
-                        *slot = id;
-                    }
-                    request
-                });
+            if let Some(request) = this.request.take() {
+                this.id = net.call(|id| Request::Spawn(SpawnRequest { id, ..request }));
             }
             net.poll_call(this.id, cx).map(|reply| match reply {
                 Some(Reply::Spawned { result, .. }) => result,

@@ -17,7 +17,7 @@ mod remote;
 use crate::{
     cluster::Deployment,
     codec,
-    proto::{Command, Environment, Hello, MailTo, Reply, Report, Request, Start, FDS_VAR, KIND_MESSAGE},
+    proto::{Command, Environment, Hello, MailTo, Reply, Report, Request, SpawnRequest, Start, FDS_VAR, KIND_MESSAGE},
     sys::{self, OsPid},
     ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
 };
@@ -525,10 +525,8 @@ impl Bridge {
 
     fn on_request(&mut self, from: Pid, key: usize, request: Request) {
         match request {
-            Request::Spawn { id, resources, options, monitor, entry, arg, env } if self.remote.is_some() => {
-                self.spawn_remote(from, id, resources, options, monitor, entry, arg, env)
-            }
-            Request::Spawn { id, resources, options, monitor, entry, arg, env } => {
+            Request::Spawn(request) if self.remote.is_some() => self.spawn_remote(from, request),
+            Request::Spawn(SpawnRequest { id, resources, options, monitor, entry, arg, env }) => {
                 let result = self.spawn(from, resources, &options, entry, arg, &env);
                 if let (Ok(child), Some(monitor)) = (&result, monitor) {
                     if let Some(process) = self.procs.get_mut(child) {

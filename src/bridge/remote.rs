@@ -11,7 +11,7 @@ use super::{read_available, Bridge, Role};
 use crate::{
     cluster::{Deployment, FromScheduler, ProcessImage, ToScheduler},
     codec,
-    proto::{Environment, Heartbeats, Hello, Reply, Start, KIND_MESSAGE},
+    proto::{Environment, Heartbeats, Hello, Reply, SpawnRequest, Start, KIND_MESSAGE},
     sys, ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
 };
 use mio::{
@@ -138,19 +138,9 @@ impl Bridge {
         Ok(bridge)
     }
 
-    /// Asks the scheduler to start a process for `parent`'s spawn request `id`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn spawn_remote(
-        &mut self,
-        parent: Pid,
-        id: u64,
-        resources: Resources,
-        options: SpawnOptions,
-        monitor: Option<u64>,
-        entry: isize,
-        arg: Vec<u8>,
-        env: Environment,
-    ) {
+    /// Asks the scheduler to start a process for `parent`'s spawn request.
+    pub(super) fn spawn_remote(&mut self, parent: Pid, request: SpawnRequest) {
+        let SpawnRequest { id, resources, options, monitor, entry, arg, env } = request;
         if let Err(error) = self.check_name(&options) {
             self.answer_spawn(parent, id, Err(error));
             return;
