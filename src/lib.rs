@@ -51,6 +51,7 @@ mod resources;
 mod runtime;
 mod spawn;
 mod sys;
+mod zygote;
 
 pub use block::{sleep, timeout, Block, Elapsed, Sleep, Timeout};
 pub use channel::{Receiver, RecvError, SendError, Sender};

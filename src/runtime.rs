@@ -11,7 +11,7 @@ use crate::{
     net::{Net, WAKER},
     proto::{Hello, Start, FDS_VAR, FORMAT_VAR},
     reactor::{self, TimerSlot, Timers},
-    spawn, sys, Pid, Resources,
+    spawn, sys, zygote, Pid, Resources,
 };
 use mio::Poll;
 use parking_lot::Mutex;
@@ -238,8 +238,8 @@ fn remove_own_variables() {
     }
 }
 
-/// Starts a process the bridge (or, on a cluster, a node daemon) exec'd: read who
-/// it is from the inherited fds. The top process of a deployed job has no closure:
+/// Starts a process the bridge (or, on a cluster, a node daemon) exec'd, or, in
+/// the zygote, each process it forks: read who it is from the inherited fds. The top process of a deployed job has no closure:
 /// `init` returns to its `main`.
 fn start_spawned(fds: &str) {
     std::env::remove_var(FDS_VAR);
@@ -247,7 +247,14 @@ fn start_spawned(fds: &str) {
         HARD_CPU.store(true, Ordering::Relaxed);
         std::env::remove_var(CPU_QUOTA_VAR);
     }
-    let fds: Vec<RawFd> = fds.split(',').filter_map(|fd| fd.parse().ok()).collect();
+    // A process forked from the zygote has the zygote as its parent.
+    let (fds, forked_by): (Vec<RawFd>, Option<sys::OsPid>) = match zygote::zygote_socket(fds) {
+        Some((socket, bridge)) => {
+            let (fds, zygote) = zygote::serve(socket, bridge);
+            (fds.to_vec(), Some(zygote))
+        }
+        None => (fds.split(',').filter_map(|fd| fd.parse().ok()).collect(), None),
+    };
     let (channels, listener_fd, start_fd, lease_fd) = match fds[..] {
         [monitor, control, listener, start] if monitor >= 0 && control >= 0 => {
             (Some((monitor, control)), listener, start, None)
@@ -277,7 +284,11 @@ fn start_spawned(fds: &str) {
         .and_then(|_| codec::decode(&bytes).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| fail("reading the spawn arguments from the bridge", e));
     drop(start_file);
-    let spawner = if start.bridge_os_pid != 0 { sys::OsPid(start.bridge_os_pid) } else { sys::getppid() };
+    let spawner = match forked_by {
+        Some(zygote) => zygote,
+        None if start.bridge_os_pid != 0 => sys::OsPid(start.bridge_os_pid),
+        None => sys::getppid(),
+    };
     if sys::die_with_parent(libc::SIGKILL, spawner).unwrap_or(true) {
         sys::exit_now(1);
     }

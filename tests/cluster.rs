@@ -199,9 +199,7 @@ const FAST_LEASES: [&str; 6] = ["--heartbeat", "0.2", "--lease", "2", "--margin"
 /// The OS pids of `pid`'s parent, its parent's parent, and so on.
 fn ancestors(mut pid: i32) -> Vec<i32> {
     let mut found = Vec::new();
-    while let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        let Some(parent) = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)) else { break };
-        let Ok(parent) = parent.parse::<i32>() else { break };
+    while let Some(parent) = util::parent_of(pid) {
         if parent <= 1 {
             break;
         }
@@ -344,9 +342,7 @@ fn children_of(parent: i32) -> Vec<i32> {
         .flatten()
         .filter_map(|entry| {
             let pid: i32 = entry.file_name().to_string_lossy().parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let ppid: i32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == parent).then_some(pid)
+            (util::parent_of(pid)? == parent).then_some(pid)
         })
         .collect()
 }

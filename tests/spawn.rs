@@ -1,6 +1,7 @@
 //! Spawning: what a child inherits, many spawns at once, the recursive
 //! Fibonacci, local capacity and memory limits.
 mod util;
+use std::time::Duration;
 use util::Job;
 
 #[test]
@@ -15,6 +16,41 @@ fn argv_environment_and_cwd_are_inherited() {
     assert!(!vars.contains("CONSTELLATION_"), "{vars}");
     let cwd = std::env::current_dir().unwrap();
     assert_eq!(job.line("cwd: "), format!("cwd: {}", cwd.display()));
+}
+
+#[test]
+fn a_child_sees_the_environment_and_cwd_of_the_moment_of_its_spawn() {
+    let cwd = std::env::current_dir().unwrap().display().to_string();
+    let job = Job::new("scenarios", &["inherit_changes", &cwd]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("first: "), format!("first: unset in {cwd}"));
+    assert_eq!(job.line("changed: "), format!("changed: yes in {cwd}"));
+    assert_eq!(job.line("moved: "), "moved: unset in /");
+    assert_eq!(job.line("back: "), format!("back: unset in {cwd}"));
+    job.assert_nothing_left();
+}
+
+#[test]
+fn killing_the_zygote_ends_the_processes_it_forked_and_spawning_goes_on() {
+    let running = Job::new("scenarios", &["zygote_killed"]).start();
+    running.wait_for_stdout("ready", Duration::from_secs(30));
+    let bridge = running.bridge_pid();
+    let zygotes: Vec<i32> = util::processes_with_marker(running.marker())
+        .into_iter()
+        .filter(|&pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let forked_by_zygote = environ.windows(24).any(|w| w == b"CONSTELLATION_FDS=zygote");
+            forked_by_zygote && util::parent_of(pid) == Some(bridge)
+        })
+        .collect();
+    assert_eq!(zygotes.len(), 1, "one zygote, a child of the bridge");
+    // SAFETY: kill takes plain integers; the pid is the job's zygote, alive.
+    assert_eq!(unsafe { libc::kill(zygotes[0], libc::SIGKILL) }, 0);
+    let job = running.finish();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("down: "), "down: killed by signal 9");
+    assert_eq!(job.line("after: "), "after: 7");
+    job.assert_nothing_left();
 }
 
 #[test]

@@ -17,8 +17,9 @@ mod remote;
 use crate::{
     cluster::Deployment,
     codec,
-    proto::{Command, Environment, Hello, MailTo, Reply, Report, Request, SpawnRequest, Start, FDS_VAR, KIND_MESSAGE},
+    proto::{Command, Environment, Hello, MailTo, Reply, Report, Request, SpawnRequest, Start, KIND_MESSAGE},
     sys::{self, OsPid},
+    zygote::{self, Zygote},
     ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
 };
 use mio::{net::UnixStream, Events, Interest, Poll, Token};
@@ -26,13 +27,8 @@ use output::Printer;
 use slab::Slab;
 use std::{
     collections::HashMap,
-    ffi::OsStr,
     io::{self, Read, Write},
-    os::{
-        fd::{AsRawFd, OwnedFd},
-        unix::{ffi::OsStrExt, process::CommandExt},
-    },
-    process::{self, Stdio},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 const SIGNAL_CHILD: Token = Token(usize::MAX - 1);
@@ -128,6 +124,9 @@ struct Bridge {
     cgroups_made: Option<u64>,
     /// On a cluster: the master's scheduler and the port processes connect to.
     remote: Option<remote::Remote>,
+    /// The process local spawns fork from (see `zygote`); `Err` once starting
+    /// one failed, and spawns are exec'd.
+    zygote: Result<Option<Zygote>, ()>,
 }
 
 /// Runs the bridge until the job has ended; exits the process with the job's code.
@@ -204,6 +203,7 @@ impl Bridge {
             prepared: Vec::new(),
             cgroups_made: Some(0),
             remote: None,
+            zygote: Ok(None),
         })
     }
 
@@ -384,6 +384,10 @@ impl Bridge {
                 // before its last report was read.
                 if let Some(status) = process.monitor_ended.take() {
                     self.on_exit(conn.pid, status);
+                } else if process.monitor_os_pid.is_none() && self.remote.is_none() {
+                    // A monitor forked by the zygote, which reaps it: gone
+                    // without a report, it was killed, and its process with it.
+                    self.on_exit(conn.pid, ExitStatus::Signal(libc::SIGKILL));
                 }
             }
             Role::Control if process.control == Some(key) => process.control = None,
@@ -691,6 +695,12 @@ impl Bridge {
     /// its process with it.
     fn reap(&mut self) {
         while let Some((os_pid, wait)) = sys::reap_any() {
+            if let Ok(Some(zygote)) = &self.zygote {
+                if zygote.os_pid() == os_pid {
+                    // The processes it forked went with it; the next spawn starts another.
+                    self.zygote = Ok(None);
+                }
+            }
             let Some(pid) = self.by_os_pid.remove(&os_pid.0) else {
                 continue;
             };
@@ -756,46 +766,43 @@ impl Bridge {
         let start = codec::encode(&start).map_err(|e| SpawnError::Failed(e.to_string()))?;
         let start = sys::memfd_with(&start).map_err(|e| failed("making the spawn argument file", e))?;
         let fds = [monitor_end.as_raw_fd(), control_end.as_raw_fd(), listener.as_raw_fd(), start.as_raw_fd()];
-
-        let mut command = process::Command::new("/proc/self/exe");
-        let mut args = env.args.iter().map(|a| OsStr::from_bytes(a));
-        if let Some(arg0) = args.next() {
-            command.arg0(arg0);
-        }
-        command.args(args).env_clear();
-        for (key, value) in &env.vars {
-            if !key.starts_with(b"CONSTELLATION_") || key == b"CONSTELLATION_LOG" {
-                command.env(OsStr::from_bytes(key), OsStr::from_bytes(value));
-            }
-        }
-        command.env(FDS_VAR, format!("{},{},{},{}", fds[0], fds[1], fds[2], fds[3]));
-        if !env.cwd.is_empty() {
-            command.current_dir(OsStr::from_bytes(&env.cwd));
-        }
-        command.stdin(Stdio::null()).process_group(self.job_group.0);
-        // The new process inherits these four fds. They are made for it alone and
-        // closed here right after, and no other thread of the bridge starts
-        // processes, so they are made inheritable here rather than between fork
-        // and exec: without a pre_exec hook, std spawns with posix_spawn (vfork),
-        // which is cheaper than a fork.
-        for fd in fds {
-            sys::clear_cloexec(fd).map_err(|e| failed("passing an fd to the new process", e))?;
-        }
-        let child = command.spawn().map_err(|e| failed("cannot start the process", e))?;
+        // Forked from the zygote, the monitor is not this bridge's child: its
+        // end shows as its connection closing.
+        let monitor_os_pid = if self.zygote_for(env).is_some_and(|zygote| zygote.fork(&fds).is_ok()) {
+            None
+        } else {
+            let fds_var = format!("{},{},{},{}", fds[0], fds[1], fds[2], fds[3]);
+            let child = zygote::exec_program(env, self.job_group, &fds, &fds_var)
+                .map_err(|e| failed("cannot start the process", e))?;
+            Some(OsPid(child.id() as i32))
+        };
         drop((monitor_end, control_end, listener, start));
-        let monitor_os_pid = OsPid(child.id() as i32);
-        let added = self.add_process(pid, Some(monitor_os_pid), resources).and_then(|()| {
+        let added = self.add_process(pid, monitor_os_pid, resources).and_then(|()| {
             self.attach(pid, monitor_bridge, Role::Monitor)?;
             self.attach(pid, control_bridge, Role::Control)
         });
         if let Err(error) = added {
-            let _ = sys::kill(monitor_os_pid, libc::SIGKILL);
+            if let Some(monitor_os_pid) = monitor_os_pid {
+                let _ = sys::kill(monitor_os_pid, libc::SIGKILL);
+            }
             return Err(failed("watching the new process", error));
         }
         self.printer.spawned(parent, pid);
         // All before the new process can end: its exit report is read after this.
         self.apply_options(parent, pid, options);
         Ok(pid)
+    }
+
+    /// The zygote to fork a process with `env` from, started with `env` if there
+    /// is none yet; `None` when the process must be exec'd.
+    fn zygote_for(&mut self, env: &Environment) -> Option<&Zygote> {
+        if let Ok(None) = self.zygote {
+            self.zygote = Zygote::start(env, self.job_group).map(Some).map_err(|error| {
+                self.printer
+                    .warning(&format!("processes will be exec'd one by one: starting the zygote failed: {error}"));
+            });
+        }
+        self.zygote.as_ref().ok()?.as_ref().filter(|zygote| zygote.serves(env))
     }
 
     /// Links, binds and registers a new process as its spawn asked.

@@ -7,11 +7,14 @@
 //! nothing and take no lock, so they may run between `fork` and `exec`.
 
 mod cgroup;
+mod fd_passing;
 
 pub(crate) use cgroup::{
     enter_limits, memory_exceeded, prepare as prepare_cgroup, remove as remove_cgroups,
     remove_job as remove_job_cgroups, sweep_stale as sweep_stale_cgroups,
 };
+
+pub(crate) use fd_passing::{recv_fds, send_fds, seqpacket_pair};
 
 use std::{
     fs, io,
@@ -187,6 +190,12 @@ pub(crate) fn die_with_parent(signal: i32, expected_parent: OsPid) -> io::Result
 pub(crate) fn ignore_signal(signal: i32) {
     // SAFETY: SIG_IGN is a valid disposition for catchable signals.
     unsafe { libc::signal(signal, libc::SIG_IGN) };
+}
+
+/// Gives `signal` its default disposition back in this process.
+pub(crate) fn default_signal(signal: i32) {
+    // SAFETY: SIG_DFL is a valid disposition for any signal.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
 }
 
 /// Sends `signal` to a process.

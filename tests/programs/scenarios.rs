@@ -101,6 +101,50 @@ fn main() {
             println!("vars: {}", vars.join(" "));
             println!("cwd: {cwd}");
         }
+        "inherit_changes" => {
+            // What each child sees of a variable and the working directory, as
+            // the parent changes them between spawns.
+            let report = || {
+                let child = spawn(
+                    small(),
+                    FnOnce!(|parent: Pid| {
+                        let changed = std::env::var("CHANGED_LATER").unwrap_or_else(|_| "unset".into());
+                        let cwd = std::env::current_dir().unwrap().display().to_string();
+                        Sender::<String>::new(parent).send(format!("{changed} in {cwd}")).block();
+                    }),
+                )
+                .block()
+                .unwrap();
+                Receiver::<String>::new(child).recv().block().unwrap()
+            };
+            println!("first: {}", report());
+            std::env::set_var("CHANGED_LATER", "yes");
+            println!("changed: {}", report());
+            std::env::remove_var("CHANGED_LATER");
+            std::env::set_current_dir("/").unwrap();
+            println!("moved: {}", report());
+            std::env::set_current_dir(std::env::args().nth(2).unwrap()).unwrap();
+            println!("back: {}", report());
+        }
+        "zygote_killed" => {
+            // A sleeper is up; the test then kills the process spawns fork from.
+            let sleeper = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    Sender::<()>::new(parent).send(()).block();
+                    std::thread::sleep(Duration::from_secs(60));
+                }),
+            )
+            .block()
+            .unwrap();
+            let down = monitor(sleeper);
+            Receiver::<()>::new(sleeper).recv().block().unwrap();
+            println!("ready");
+            println!("down: {}", down.block().status);
+            let child =
+                spawn(small(), FnOnce!(|parent: Pid| Sender::<u64>::new(parent).send(7).block())).block().unwrap();
+            println!("after: {}", Receiver::<u64>::new(child).recv().block().unwrap());
+        }
         "ten_children" => {
             let children: Vec<Pid> = (0..10u64)
                 .map(|i| {

@@ -61,6 +61,12 @@ pub fn processes_with_marker(marker: &str) -> Vec<i32> {
     found
 }
 
+/// The OS pid of the parent of process `pid`, while it lives.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// A job being run.
 pub struct Running {
     child: Child,
