@@ -398,7 +398,7 @@ fn become_process(
                 sys::exit_now(1);
             }
             let hard_cpu = HARD_CPU.load(Ordering::Relaxed);
-            if let Err(error) = sys::enter_limits(&start.cgroup, sys::getpid().0, &start.resources, hard_cpu) {
+            if let Err(error) = sys::enter_limits(&start.cgroup, &start.resources, hard_cpu) {
                 log::warn!("limiting this process's memory: {error}");
             }
             start_runtime(start, control, listener, panic_write);

@@ -143,6 +143,7 @@ pub(crate) fn serve(socket: RawFd, bridge: OsPid) -> (StartFds, OsPid) {
     // The kernel reaps the forked monitors: their ends reach the bridge through
     // their connections.
     sys::ignore_signal(libc::SIGCHLD);
+    sys::find_cgroup_parents();
     let zygote = sys::getpid();
     let mut order = [0u8; 1];
     loop {

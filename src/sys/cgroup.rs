@@ -12,7 +12,11 @@
 
 use super::limit_data;
 use crate::Resources;
-use std::{fs, io, path::PathBuf};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
 /// How a process's memory limit is enforced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,21 +42,40 @@ fn own_cgroup(controller: &str) -> Option<String> {
 }
 
 /// The directory holding the memory cgroups of this process's job, and whether
-/// it is cgroup v2.
-fn memory_parent() -> Option<(PathBuf, bool)> {
-    if let Some(path) = own_cgroup("memory") {
-        let dir = PathBuf::from(format!("/sys/fs/cgroup/memory{path}"));
-        if dir.join("memory.limit_in_bytes").exists() {
-            return Some((dir, false));
-        }
-    }
-    let dir = PathBuf::from(format!("/sys/fs/cgroup{}", own_cgroup("")?));
-    dir.join("memory.max").exists().then_some((dir, true))
+/// it is cgroup v2. Found once: a process that has entered its own cgroup still
+/// gets its job's, and a process forked after the first call does not look again.
+fn memory_parent() -> Option<&'static (PathBuf, bool)> {
+    static PARENT: OnceLock<Option<(PathBuf, bool)>> = OnceLock::new();
+    PARENT
+        .get_or_init(|| {
+            if let Some(path) = own_cgroup("memory") {
+                let dir = PathBuf::from(format!("/sys/fs/cgroup/memory{path}"));
+                if dir.join("memory.limit_in_bytes").exists() {
+                    return Some((dir, false));
+                }
+            }
+            let dir = PathBuf::from(format!("/sys/fs/cgroup{}", own_cgroup("")?));
+            dir.join("memory.max").exists().then_some((dir, true))
+        })
+        .as_ref()
 }
 
-fn cpu_parent() -> Option<PathBuf> {
-    let dir = PathBuf::from(format!("/sys/fs/cgroup/cpu{}", own_cgroup("cpu")?));
-    dir.join("cpu.shares").exists().then_some(dir)
+/// The directory holding the v1 CPU cgroups of this process's job; found once.
+fn cpu_parent() -> Option<&'static PathBuf> {
+    static PARENT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PARENT
+        .get_or_init(|| {
+            let dir = PathBuf::from(format!("/sys/fs/cgroup/cpu{}", own_cgroup("cpu")?));
+            dir.join("cpu.shares").exists().then_some(dir)
+        })
+        .as_ref()
+}
+
+/// Finds the job's cgroup directories now, so processes forked later (by the
+/// zygote) inherit the answer instead of reading `/proc` each.
+pub(crate) fn find_parents() {
+    memory_parent();
+    cpu_parent();
 }
 
 /// Makes the memory cgroup `name` ahead of need. Returns whether it exists now.
@@ -60,26 +83,39 @@ pub(crate) fn prepare(name: &str) -> bool {
     memory_parent().is_some_and(|(parent, _)| fs::create_dir(parent.join(name)).is_ok())
 }
 
-fn enter(dir: &PathBuf, settings: &[(&str, String)], pid: i32) -> io::Result<()> {
-    if !dir.exists() {
-        fs::create_dir(dir)?;
+/// Makes cgroup `dir` if need be, applies `settings` and moves the calling
+/// process in, which must have a single thread.
+///
+/// In v1, the thread moves itself through `tasks`: moving a whole process
+/// through `cgroup.procs` takes a machine-wide lock that waits for an RCU grace
+/// period, 200–300 µs here and serialised between all processes, while a thread
+/// moving itself needs no such lock. In v2, a domain cgroup only takes whole
+/// processes.
+fn enter(dir: &Path, settings: &[(&str, String)], v2: bool) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
+        _ => {}
     }
     settings.iter().try_for_each(|(file, value)| fs::write(dir.join(file), value))?;
-    fs::write(dir.join("cgroup.procs"), pid.to_string())
+    if v2 {
+        fs::write(dir.join("cgroup.procs"), super::getpid().0.to_string())
+    } else {
+        fs::write(dir.join("tasks"), "0")
+    }
 }
 
 /// The scheduler period a hard CPU quota is measured over.
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// Puts the calling process (`pid`) in cgroup `name` under a memory limit and a
+/// Puts the calling process, which must have a single thread, in cgroup `name` under a memory limit and a
 /// CPU weight of `resources` (with `hard_cpu`, also a quota of that many cores),
 /// preferring cgroups. Returns how memory is enforced.
-pub(crate) fn enter_limits(name: &str, pid: i32, resources: &Resources, hard_cpu: bool) -> io::Result<MemoryLimit> {
+pub(crate) fn enter_limits(name: &str, resources: &Resources, hard_cpu: bool) -> io::Result<MemoryLimit> {
     let quota_us = ((resources.cpu.cores() * CPU_PERIOD_US as f64).round() as u64).max(1_000);
     let bytes = resources.mem.bytes();
     let memory = match memory_parent() {
         Some((parent, false)) => {
-            enter(&parent.join(name), &[("memory.limit_in_bytes", bytes.to_string())], pid).is_ok()
+            enter(&parent.join(name), &[("memory.limit_in_bytes", bytes.to_string())], false).is_ok()
         }
         Some((parent, true)) => {
             let weight = ((resources.cpu.cores() * 100.0).round() as u64).clamp(1, 10_000);
@@ -91,7 +127,7 @@ pub(crate) fn enter_limits(name: &str, pid: i32, resources: &Resources, hard_cpu
             if hard_cpu {
                 settings.push(("cpu.max", format!("{quota_us} {CPU_PERIOD_US}")));
             }
-            enter(&parent.join(name), &settings, pid).is_ok()
+            enter(&parent.join(name), &settings, true).is_ok()
         }
         None => false,
     };
@@ -105,7 +141,7 @@ pub(crate) fn enter_limits(name: &str, pid: i32, resources: &Resources, hard_cpu
                 settings.push(("cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
                 settings.push(("cpu.cfs_quota_us", quota_us.to_string()));
             }
-            let _ = enter(&parent.join(name), &settings, pid);
+            let _ = enter(&parent.join(name), &settings, false);
         }
     }
     if memory {
@@ -120,7 +156,7 @@ pub(crate) fn enter_limits(name: &str, pid: i32, resources: &Resources, hard_cpu
 /// exceeding its limit.
 pub(crate) fn memory_exceeded(name: &str) -> bool {
     let Some((parent, v2)) = memory_parent() else { return false };
-    let file = parent.join(name).join(if v2 { "memory.events" } else { "memory.oom_control" });
+    let file = parent.join(name).join(if *v2 { "memory.events" } else { "memory.oom_control" });
     fs::read_to_string(file)
         .is_ok_and(|text| text.lines().any(|line| line.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
 }
