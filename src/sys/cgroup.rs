@@ -177,7 +177,7 @@ fn sweep(remove: impl Fn(&str) -> bool) -> usize {
     let mut staying = 0;
     let parents = [memory_parent().map(|(parent, _)| parent), cpu_parent()];
     for parent in parents.into_iter().flatten() {
-        let Ok(entries) = fs::read_dir(&parent) else { continue };
+        let Ok(entries) = fs::read_dir(parent) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("constellation-")) else { continue };
