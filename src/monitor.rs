@@ -49,6 +49,9 @@ pub(crate) struct Setup {
     pub(crate) resources: Resources,
     /// The process's cgroup, removed once it has ended.
     pub(crate) cgroup: String,
+    /// Whether to leave the cgroup, if it is fit for it, to the bridge to reuse
+    /// (on one machine, where the bridge made it) instead of removing it.
+    pub(crate) recycle_cgroup: bool,
     /// On a cluster: the heartbeats exchanged with the bridge.
     pub(crate) heartbeats: Option<Heartbeats>,
 }
@@ -62,7 +65,8 @@ struct Stream {
 
 /// Runs the monitor until its process has ended and been reported; never returns.
 pub(crate) fn run(setup: Setup) -> ! {
-    let Setup { child, mut bridge, lease, stdin, stdout, stderr, panic, resources, cgroup, heartbeats } = setup;
+    let Setup { child, mut bridge, lease, stdin, stdout, stderr, panic, resources, cgroup, recycle_cgroup, heartbeats } =
+        setup;
     // When the bridge was last heard from, and when this monitor last said it is alive.
     let mut heard = Instant::now();
     let mut beat = Instant::now();
@@ -241,9 +245,12 @@ pub(crate) fn run(setup: Setup) -> ! {
         (Some(imposed), _) => imposed,
         (None, status) => status,
     };
-    send(&mut bridge, &Report::Exited { status }, child, &cgroup);
+    let cgroup_free = recycle_cgroup && sys::cgroup_reusable(&cgroup);
+    send(&mut bridge, &Report::Exited { status, cgroup_free }, child, &cgroup);
     // After the report, so the process's end is not held up by it.
-    sys::remove_cgroups(&cgroup);
+    if !cgroup_free {
+        sys::remove_cgroups(&cgroup);
+    }
     sys::exit_now(0)
 }
 

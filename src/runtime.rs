@@ -378,6 +378,7 @@ fn become_process(
                 panic: panic_read,
                 resources: start.resources,
                 cgroup: start.cgroup.clone(),
+                recycle_cgroup: start.bridge_addr.is_none(),
                 heartbeats: start.heartbeats,
             })
         }

@@ -54,6 +54,31 @@ fn killing_the_zygote_ends_the_processes_it_forked_and_spawning_goes_on() {
 }
 
 #[test]
+fn a_cgroup_passes_to_a_new_process_with_its_own_limit_unless_its_limit_was_hit() {
+    let job = Job::new("scenarios", &["cgroup_reuse"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    let cgroup = |prefix: &str| {
+        let line = job.line(prefix);
+        let (path, limit) = line[prefix.len()..].rsplit_once(' ').unwrap();
+        (path.to_string(), limit.parse::<u64>().unwrap_or(0))
+    };
+    let (first, second, killed, after) = (cgroup("first: "), cgroup("second: "), cgroup("killed: "), cgroup("after: "));
+    if !first.0.contains("constellation-") {
+        eprintln!("skipped: no memory cgroups on this machine ({first:?})");
+        return;
+    }
+    assert_eq!(first.1, 30 << 20);
+    assert_eq!(second, (first.0.clone(), 50 << 20), "the first child's cgroup, with the second's limit");
+    assert_eq!(killed.1, 30 << 20);
+    assert_eq!(after.1, 40 << 20);
+    assert_ne!(after.0, killed.0, "a cgroup whose limit killed its process is not reused");
+    let ended: Vec<String> = job.all_stdout().lines().filter(|l| l.starts_with("ended: ")).map(String::from).collect();
+    assert_eq!(ended.len(), 4, "{ended:?}");
+    assert!(ended[2].contains("memory"), "{ended:?}");
+    job.assert_nothing_left();
+}
+
+#[test]
 fn two_hundred_concurrent_spawns() {
     let job = Job::new("scenarios", &["concurrent_spawns"]).run();
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());

@@ -32,6 +32,8 @@ use std::{
 };
 
 const SIGNAL_CHILD: Token = Token(usize::MAX - 1);
+/// How many empty cgroups of ended processes the bridge keeps for new ones.
+const REUSED_CGROUPS: usize = 256;
 /// The signals that stop the job; each has a pipe and the token `usize::MAX - 2 - index`.
 const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -80,6 +82,9 @@ struct Proc {
     early_monitor: Vec<u8>,
     early_control: Vec<u8>,
     resources: Resources,
+    /// The cgroup a local spawn named for it, which may be reused once it ends
+    /// (the top process's is left to the sweep at the job's end).
+    cgroup: Option<String>,
     status: Option<ExitStatus>,
     monitor: Option<usize>,
     control: Option<usize>,
@@ -118,7 +123,8 @@ struct Bridge {
     stop: Option<i32>,
     /// The name registry: each name and the live process holding it.
     names: HashMap<String, Pid>,
-    /// Cgroups made ahead of need, for the next spawns (see `sys::cgroup`).
+    /// Empty cgroups for the next spawns (see `sys::cgroup`): made ahead of
+    /// need, or left by ended processes (at most `REUSED_CGROUPS` of those).
     prepared: Vec<String>,
     /// How many cgroups were prepared; `None` once that failed (no cgroups here).
     cgroups_made: Option<u64>,
@@ -327,6 +333,7 @@ impl Bridge {
                 early_monitor: Vec::new(),
                 early_control: Vec::new(),
                 resources,
+                cgroup: None,
                 status: None,
                 monitor: None,
                 control: None,
@@ -522,7 +529,17 @@ impl Bridge {
     fn on_report(&mut self, pid: Pid, report: Report) {
         match report {
             Report::Output { fd, data } => self.printer.output(pid, fd, &data),
-            Report::Exited { status } => self.on_exit(pid, status),
+            Report::Exited { status, cgroup_free } => {
+                self.on_exit(pid, status);
+                let cgroup = self.procs.get_mut(&pid).and_then(|p| p.cgroup.take());
+                if let Some(name) = cgroup.filter(|_| cgroup_free) {
+                    if self.prepared.len() < REUSED_CGROUPS {
+                        self.prepared.push(name);
+                    } else {
+                        sys::remove_cgroups(&name);
+                    }
+                }
+            }
             Report::Heartbeat => {}
         }
     }
@@ -754,7 +771,7 @@ impl Bridge {
         let cgroup = self.prepared.pop().unwrap_or_else(|| self.cgroup_name(pid.incarnation()));
         let start = Start {
             incarnation: pid.incarnation(),
-            cgroup,
+            cgroup: cgroup.clone(),
             parent: Some(parent),
             resources,
             token: self.token,
@@ -778,6 +795,7 @@ impl Bridge {
         };
         drop((monitor_end, control_end, listener, start));
         let added = self.add_process(pid, monitor_os_pid, resources).and_then(|()| {
+            self.procs.get_mut(&pid).expect("added above").cgroup = Some(cgroup);
             self.attach(pid, monitor_bridge, Role::Monitor)?;
             self.attach(pid, control_bridge, Role::Control)
         });

@@ -161,6 +161,25 @@ pub(crate) fn memory_exceeded(name: &str) -> bool {
         .is_ok_and(|text| text.lines().any(|line| line.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
 }
 
+/// The most memory still charged to a cgroup for it to be reused: the page
+/// cache its last process read stays charged to it, and would count against
+/// the next one's limit.
+const REUSABLE_CHARGE: u64 = 1 << 20;
+
+/// Whether cgroup `name`, whose process has been reaped, can take another
+/// process: no process is left in it, its limit never killed one, and less than
+/// [`REUSABLE_CHARGE`] is still charged to it. Reusing a cgroup saves making and
+/// removing one, which both wait on a lock every cgroup operation of the machine
+/// takes.
+pub(crate) fn reusable(name: &str) -> bool {
+    let Some((parent, v2)) = memory_parent() else { return false };
+    let dir = parent.join(name);
+    let (procs, usage) = if *v2 { ("cgroup.procs", "memory.current") } else { ("tasks", "memory.usage_in_bytes") };
+    let empty = fs::read_to_string(dir.join(procs)).is_ok_and(|text| text.trim().is_empty());
+    let charged = fs::read_to_string(dir.join(usage)).ok().and_then(|text| text.trim().parse::<u64>().ok());
+    empty && charged.is_some_and(|bytes| bytes < REUSABLE_CHARGE) && !memory_exceeded(name)
+}
+
 /// Removes cgroup `name` once its process has been reaped.
 pub(crate) fn remove(name: &str) {
     let memory = memory_parent().map(|(parent, _)| parent.join(name));

@@ -11,7 +11,8 @@ mod fd_passing;
 
 pub(crate) use cgroup::{
     enter_limits, find_parents as find_cgroup_parents, memory_exceeded, prepare as prepare_cgroup,
-    remove as remove_cgroups, remove_job as remove_job_cgroups, sweep_stale as sweep_stale_cgroups,
+    remove as remove_cgroups, remove_job as remove_job_cgroups, reusable as cgroup_reusable,
+    sweep_stale as sweep_stale_cgroups,
 };
 
 pub(crate) use fd_passing::{recv_fds, send_fds, seqpacket_pair};

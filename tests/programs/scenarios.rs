@@ -29,6 +29,41 @@ fn no_answer() -> u64 {
     panic!("no answer")
 }
 
+/// This process's memory cgroup and its limit, as `<path> <bytes>`.
+fn memory_cgroup() -> String {
+    let table = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let v1 = table.lines().find_map(|line| line.split_once(":memory:").map(|(_, path)| path.to_string()));
+    let (path, limit_file) = match v1 {
+        Some(path) => (path.clone(), format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")),
+        None => {
+            let path = table.lines().find_map(|line| line.strip_prefix("0::")).unwrap_or_default().to_string();
+            (path.clone(), format!("/sys/fs/cgroup{path}/memory.max"))
+        }
+    };
+    let limit = std::fs::read_to_string(limit_file).unwrap_or_default();
+    format!("{path} {}", limit.trim())
+}
+
+/// Spawns a process with `mem` that reports its memory cgroup (then runs
+/// `then`), and waits for its end; returns the report.
+fn cgroup_of_a_child(mem: Mem, hog: bool) -> String {
+    let child = spawn(
+        Resources { mem, ..Resources::default() },
+        FnOnce!(move |parent: Pid| {
+            Sender::<String>::new(parent).send(memory_cgroup()).block();
+            if hog {
+                hog_memory();
+            }
+        }),
+    )
+    .block()
+    .unwrap();
+    let down = monitor(child);
+    let report = Receiver::<String>::new(child).recv().block().unwrap();
+    println!("ended: {}", down.block().status);
+    report
+}
+
 /// Touches 400 MiB, 10 MiB at a time.
 fn hog_memory() {
     let mut hog: Vec<Vec<u8>> = Vec::new();
@@ -448,6 +483,12 @@ fn main() {
                     .block()
                     .unwrap();
             println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
+        }
+        "cgroup_reuse" => {
+            println!("first: {}", cgroup_of_a_child(30 * Mem::MIB, false));
+            println!("second: {}", cgroup_of_a_child(50 * Mem::MIB, false));
+            println!("killed: {}", cgroup_of_a_child(30 * Mem::MIB, true));
+            println!("after: {}", cgroup_of_a_child(40 * Mem::MIB, false));
         }
         "capacity" => {
             let huge = Resources { mem: 64 * Mem::TIB, ..Resources::default() };
