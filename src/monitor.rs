@@ -245,10 +245,11 @@ pub(crate) fn run(setup: Setup) -> ! {
         (Some(imposed), _) => imposed,
         (None, status) => status,
     };
-    let cgroup_free = recycle_cgroup && sys::cgroup_reusable(&cgroup);
-    send(&mut bridge, &Report::Exited { status, cgroup_free }, child, &cgroup);
+    send(&mut bridge, &Report::Exited { status }, child, &cgroup);
     // After the report, so the process's end is not held up by it.
-    if !cgroup_free {
+    if recycle_cgroup && sys::cgroup_reusable(&cgroup) {
+        send(&mut bridge, &Report::CgroupFree, child, &cgroup);
+    } else {
         sys::remove_cgroups(&cgroup);
     }
     sys::exit_now(0)

@@ -121,9 +121,12 @@ pub(crate) enum Command {
 pub(crate) enum Report {
     /// Bytes the process wrote to fd 1 or 2; empty when that fd was closed.
     Output { fd: u8, data: Vec<u8> },
-    /// The process has ended; this is the monitor's last message. With
-    /// `cgroup_free`, its cgroup is left in place, empty, for the bridge to reuse.
-    Exited { status: ExitStatus, cgroup_free: bool },
+    /// The process has ended; this is the monitor's last message but for
+    /// `CgroupFree`.
+    Exited { status: ExitStatus },
+    /// After `Exited`: the process's cgroup is left in place, empty, for the
+    /// bridge to reuse.
+    CgroupFree,
     /// The monitor is alive (on a cluster, sent every heartbeat interval).
     Heartbeat,
 }

@@ -529,10 +529,9 @@ impl Bridge {
     fn on_report(&mut self, pid: Pid, report: Report) {
         match report {
             Report::Output { fd, data } => self.printer.output(pid, fd, &data),
-            Report::Exited { status, cgroup_free } => {
-                self.on_exit(pid, status);
-                let cgroup = self.procs.get_mut(&pid).and_then(|p| p.cgroup.take());
-                if let Some(name) = cgroup.filter(|_| cgroup_free) {
+            Report::Exited { status } => self.on_exit(pid, status),
+            Report::CgroupFree => {
+                if let Some(name) = self.procs.get_mut(&pid).and_then(|p| p.cgroup.take()) {
                     if self.prepared.len() < REUSED_CGROUPS {
                         self.prepared.push(name);
                     } else {
