@@ -2,6 +2,7 @@
 //! blocked thread reads itself ([`Attention`]), and time: `sleep`, `timeout`.
 
 use crate::{reactor::TimerSlot, runtime, sys};
+use parking_lot::Mutex;
 use std::{
     cell::{Cell, RefCell},
     future::Future,
@@ -44,13 +45,108 @@ impl Wake for ThreadWaker {
 /// Whether threads wait on a peer's socket in `poll` themselves: while one does,
 /// the I/O thread leaves the socket's input to it (without even taking the
 /// connection lock) and notes that it did.
+///
+/// The first time it does, it also stops listening for the socket's input
+/// ([`Attention::disarm`]), so later messages wake only the thread that reads
+/// them (it still hears of the peer's close). That lasts until a task waits for
+/// the input without a thread polling the socket for it: a future in another
+/// executor, or one of several in a `block` (which polls one socket). From then
+/// on the I/O thread listens for the socket's input for good
+/// ([`Attention::arm`]).
 #[derive(Debug, Default)]
 pub(crate) struct Attention {
     waiting: AtomicUsize,
     skipped: AtomicBool,
+    /// Whether the I/O thread has stopped listening for input.
+    disarmed: AtomicBool,
+    /// Whether a task has waited for the input without polling the socket.
+    unattended_waiter: AtomicBool,
+    /// The socket's place in the I/O thread's epoll set, while it is open.
+    registration: Mutex<Option<Registration>>,
+}
+
+/// Where an established socket is registered with the I/O thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Registration {
+    pub(crate) epoll: RawFd,
+    pub(crate) fd: RawFd,
+    pub(crate) token: usize,
 }
 
 impl Attention {
+    /// Notes the socket now established for the peer, registered for input and
+    /// output.
+    pub(crate) fn bind(&self, registration: Registration) {
+        let mut bound = self.registration.lock();
+        *bound = Some(registration);
+        self.disarmed.store(false, Ordering::SeqCst);
+    }
+
+    /// Forgets socket `fd` before it is closed, so its number, once reused, is
+    /// never touched here.
+    pub(crate) fn unbind(&self, fd: RawFd) {
+        let mut bound = self.registration.lock();
+        if bound.is_some_and(|r| r.fd == fd) {
+            *bound = None;
+        }
+    }
+
+    /// Called by the I/O thread as it leaves input to a thread polling the
+    /// socket: stops listening for the socket's input, unless a task has waited
+    /// for it without polling the socket.
+    pub(crate) fn disarm(&self) {
+        if self.disarmed.load(Ordering::Relaxed) || self.unattended_waiter.load(Ordering::Relaxed) {
+            return;
+        }
+        let bound = self.registration.lock();
+        let Some(r) = *bound else { return };
+        if self.attended()
+            && !self.unattended_waiter.load(Ordering::SeqCst)
+            && sys::epoll_listen(r.epoll, r.fd, r.token, false).is_ok()
+        {
+            self.disarmed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Called by the I/O thread for any event on the socket. While it does not
+    /// listen for input, an event means room to write or the peer's close, and
+    /// mio tells a close only with input: if the peer has closed, it listens
+    /// again, which raises the close afresh, as input. Returns whether it did.
+    pub(crate) fn listen_after_event(&self) -> bool {
+        if !self.disarmed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let bound = self.registration.lock();
+        if let (Some(r), true) = (*bound, self.disarmed.load(Ordering::SeqCst)) {
+            if !sys::peer_closed(r.fd) {
+                return false;
+            }
+            if let Err(error) = sys::epoll_listen(r.epoll, r.fd, r.token, true) {
+                log::warn!("listening for a connection's input again: {error}");
+            }
+            self.disarmed.store(false, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// A task waits for the input without a thread polling the socket for it:
+    /// has the I/O thread listen for the socket's input again, and for good.
+    /// Input already there raises an event at once.
+    pub(crate) fn arm(&self) {
+        if self.unattended_waiter.load(Ordering::Relaxed) && !self.disarmed.load(Ordering::Relaxed) {
+            return;
+        }
+        let bound = self.registration.lock();
+        self.unattended_waiter.store(true, Ordering::SeqCst);
+        if let (Some(r), true) = (*bound, self.disarmed.load(Ordering::SeqCst)) {
+            if let Err(error) = sys::epoll_listen(r.epoll, r.fd, r.token, true) {
+                log::warn!("listening for a connection's input again: {error}");
+            }
+            self.disarmed.store(false, Ordering::SeqCst);
+        }
+    }
+
     /// Whether a thread waits on the socket itself.
     pub(crate) fn attended(&self) -> bool {
         self.waiting.load(Ordering::SeqCst) > 0
@@ -73,6 +169,8 @@ type Wait = (RawFd, Arc<Attention>, Waker);
 thread_local! {
     /// The socket the future being blocked on waits to read, if it is one.
     static WAIT: RefCell<Option<Wait>> = const { RefCell::new(None) };
+    /// Whether this thread is polling the future of a `block`.
+    static IN_BLOCK: Cell<bool> = const { Cell::new(false) };
     /// The socket this thread's last wait in `poll` saw readable.
     static READABLE: Cell<Option<RawFd>> = const { Cell::new(None) };
     /// This thread's waker for `block`, made once: a stale wake-up from an
@@ -87,9 +185,17 @@ thread_local! {
 
 /// Notes that the current task waits for `fd` to become readable, so a thread
 /// blocked on it can wait in `poll` on the socket itself; while it does, it
-/// counts itself in `attended` and reads what comes itself.
+/// counts itself in `attended` and reads what comes itself. A `block` polls the
+/// socket of the last task to wait: the I/O thread listens for the others.
 pub(crate) fn waiting_on(fd: RawFd, attended: &Arc<Attention>, waker: &Waker) {
-    WAIT.with(|wait| *wait.borrow_mut() = Some((fd, attended.clone(), waker.clone())));
+    if !IN_BLOCK.with(Cell::get) {
+        attended.arm();
+        return;
+    }
+    let previous = WAIT.with(|wait| wait.borrow_mut().replace((fd, attended.clone(), waker.clone())));
+    if let Some((_, previous, _)) = previous {
+        previous.arm();
+    }
 }
 
 /// Whether this thread's last wait in `poll` saw `fd` readable: then the I/O
@@ -141,9 +247,18 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
     // The socket this thread waited on, counted in its `attended` until the future
     // has been polled once more (and has read what woke it).
     let mut attending: Option<Attending> = None;
+    // The socket this thread last polled: if the future waits on another one
+    // next, a part of it may still wait on this one, unpolled.
+    let mut polled_socket: Option<Arc<Attention>> = None;
     loop {
-        WAIT.with(|wait| wait.borrow_mut().take());
+        // Left by a future that called `block` inside its `poll`: no thread will
+        // poll that socket, so the I/O thread must listen for it.
+        if let Some((_, orphan, _)) = WAIT.with(|wait| wait.borrow_mut().take()) {
+            orphan.arm();
+        }
+        let outer = IN_BLOCK.with(|in_block| in_block.replace(true));
         let polled = future.as_mut().poll(&mut cx);
+        IN_BLOCK.with(|in_block| in_block.set(outer));
         READABLE.with(|readable| readable.set(None));
         drop(attending.take());
         if let Poll::Ready(output) = polled {
@@ -151,8 +266,15 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
         }
         // Whatever was queued goes out before this thread sleeps.
         runtime::flush_queued();
-        match (WAIT.with(|wait| wait.borrow_mut().take()), &state.eventfd) {
+        let waiting = WAIT.with(|wait| wait.borrow_mut().take());
+        if let Some(previous) = polled_socket.take() {
+            if !waiting.as_ref().is_some_and(|(_, attention, _)| Arc::ptr_eq(attention, &previous)) {
+                previous.arm();
+            }
+        }
+        match (waiting, &state.eventfd) {
             (Some((socket, attended, task)), Some(eventfd)) => {
+                polled_socket = Some(attended.clone());
                 attended.waiting.fetch_add(1, Ordering::SeqCst);
                 attending = Some(Attending(attended));
                 state.polling.store(true, Ordering::SeqCst);
@@ -175,7 +297,10 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
                 }
                 state.polling.store(false, Ordering::SeqCst);
             }
-            _ => {
+            (waiting, _) => {
+                if let Some((_, attention, _)) = waiting {
+                    attention.arm();
+                }
                 while !state.notified.swap(false, Ordering::Acquire) {
                     thread::park();
                 }

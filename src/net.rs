@@ -15,7 +15,7 @@
 //! process has ended.
 
 use crate::{
-    block::Attention,
+    block::{Attention, Registration},
     codec::{self, CodecError},
     inbox::Inbox,
     lane::Lane,
@@ -226,8 +226,13 @@ impl Net {
                 }
             }
             Token(key) => {
-                if !self.sockets.contains(key) {
+                let Some(socket) = self.sockets.get(key) else {
                     return;
+                };
+                if let Phase::Established(pid) = socket.phase {
+                    if let Some(peer) = self.peers.get(&pid) {
+                        peer.attention.listen_after_event();
+                    }
                 }
                 if writable {
                     self.on_writable(key);
@@ -247,6 +252,7 @@ impl Net {
         let attended = peer.attention.attended();
         if attended {
             peer.attention.skip();
+            peer.attention.disarm();
         }
         attended
     }
@@ -686,10 +692,8 @@ impl Net {
                 self.on_hello(key, hello);
             }
             (Phase::AwaitReply(pid), FRAME_ACCEPT) => {
-                self.sockets[key].phase = Phase::Established(pid);
-                let peer = self.peer(pid);
-                peer.connecting = None;
-                peer.sock = Some(key);
+                self.establish(key, pid);
+                self.peer(pid).connecting = None;
                 self.flush_peer(pid);
             }
             (Phase::AwaitReply(pid), FRAME_REJECT) => {
@@ -747,10 +751,8 @@ impl Net {
             self.drop_socket(key);
             return;
         }
-        self.sockets[key].phase = Phase::Established(from);
-        let peer = self.peer(from);
-        let ours = peer.connecting.take();
-        peer.sock = Some(key);
+        self.establish(key, from);
+        let ours = self.peer(from).connecting.take();
         if let Some(ours) = ours {
             self.drop_socket(ours);
         }
@@ -791,9 +793,24 @@ impl Net {
         }
     }
 
+    /// Socket `key` now carries the frames of `pid`, both ways.
+    fn establish(&mut self, key: usize, pid: Pid) {
+        let socket = &mut self.sockets[key];
+        socket.phase = Phase::Established(pid);
+        let registration = Registration { epoll: self.registry.as_raw_fd(), fd: socket.stream.as_raw_fd(), token: key };
+        let peer = self.peer(pid);
+        peer.sock = Some(key);
+        peer.attention.bind(registration);
+    }
+
     fn drop_socket(&mut self, key: usize) {
         if self.sockets.contains(key) {
             let mut socket = self.sockets.remove(key);
+            if let Phase::Established(pid) = socket.phase {
+                if let Some(peer) = self.peers.get(&pid) {
+                    peer.attention.unbind(socket.stream.as_raw_fd());
+                }
+            }
             let _ = self.registry.deregister(&mut socket.stream);
             self.socket_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }

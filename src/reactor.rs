@@ -96,9 +96,13 @@ impl FastPath {
     /// (and nothing waits to be written on it): then it is noted and left.
     fn leave(&self, event: &Event) -> bool {
         let Some((attention, lane)) = self.sockets.get(&event.token().0) else { return false };
+        if attention.listen_after_event() {
+            return false;
+        }
         let only_input = event.is_readable() && !event.is_read_closed() && !event.is_error();
         if only_input && attention.attended() && lane.lock().out.queued() == 0 {
             attention.skip();
+            attention.disarm();
             return true;
         }
         false

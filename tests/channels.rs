@@ -107,6 +107,14 @@ fn a_value_sent_right_before_the_end_arrives_and_then_the_end() {
 }
 
 #[test]
+fn a_receive_in_another_executor_after_a_blocking_one_completes() {
+    let job = Job::new("scenarios", &["other_executor"]).deadline(std::time::Duration::from_secs(30)).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("other executor: "), "other executor: [10, 20, 30, 40, 50, 60]");
+    job.assert_nothing_left();
+}
+
+#[test]
 fn byte_vectors_of_every_size_arrive_whole_and_in_order() {
     let job = Job::new("scenarios", &["byte_vectors"]).run();
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());

@@ -193,6 +193,28 @@ pub(crate) fn ignore_signal(signal: i32) {
     unsafe { libc::signal(signal, libc::SIG_IGN) };
 }
 
+/// Changes what the epoll set `epoll` reports for socket `fd` (registered
+/// edge-triggered by mio under `token`): output and the peer's close always,
+/// input when `input`. Re-enabling input reports input already there at once.
+pub(crate) fn epoll_listen(epoll: RawFd, fd: RawFd, token: usize, input: bool) -> io::Result<()> {
+    let mut events = libc::EPOLLET | libc::EPOLLOUT | libc::EPOLLRDHUP;
+    if input {
+        events |= libc::EPOLLIN;
+    }
+    let mut event = libc::epoll_event { events: events as u32, u64: token as u64 };
+    // SAFETY: event is a valid epoll_event for the call; both fds are plain ints.
+    cvt(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_MOD, fd, &mut event) }).map(drop)
+}
+
+/// Whether the peer of socket `fd` has closed its end (or the connection
+/// failed), without waiting.
+pub(crate) fn peer_closed(fd: RawFd) -> bool {
+    let mut entry = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: entry is one valid pollfd for the call.
+    let ready = unsafe { libc::poll(&mut entry, 1, 0) };
+    ready > 0 && entry.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Gives `signal` its default disposition back in this process.
 pub(crate) fn default_signal(signal: i32) {
     // SAFETY: SIG_DFL is a valid disposition for any signal.

@@ -419,6 +419,34 @@ fn main() {
             let values = timeout(Duration::from_secs(10), all).block().map(|v| v.into_iter().flatten().sum::<u64>());
             println!("ends seen: {ends} of 50; together: {values:?}");
         }
+        "other_executor" => {
+            // Values received by `block`, then by another executor, in turns: the
+            // I/O thread stops listening for input a blocked thread reads itself,
+            // and must listen again for a task that nobody polls the socket for.
+            let child = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let words = Receiver::<u64>::new(parent);
+                    let sender = Sender::<u64>::new(parent);
+                    while let Ok(word) = words.recv().block() {
+                        // Sent once the parent surely waits.
+                        std::thread::sleep(Duration::from_millis(20));
+                        sender.send(word * 10).block();
+                    }
+                }),
+            )
+            .block()
+            .unwrap();
+            let (sender, receiver) = (Sender::<u64>::new(child), Receiver::<u64>::new(child));
+            let mut got = Vec::new();
+            for word in 1..=6u64 {
+                sender.send(word).block();
+                let value =
+                    if word % 2 == 1 { receiver.recv().block() } else { futures::executor::block_on(receiver.recv()) };
+                got.push(value.unwrap());
+            }
+            println!("other executor: {got:?}");
+        }
         "byte_vectors" => {
             // Byte vectors of every size class (large ones are queued without a
             // copy), interleaved with small values, arrive whole and in order.
