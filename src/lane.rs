@@ -7,9 +7,10 @@
 //! batch it writes. Everything else (the socket, the dirty list, waking the I/O
 //! thread) happens under `Net`'s lock, taken before this one.
 
-use crate::{codec::CodecError, net::SEND_BOUND, outbox::Outbox};
+use crate::{codec::CodecError, net::SEND_BOUND, outbox::Outbox, sys};
 use parking_lot::{Mutex, MutexGuard};
 use std::{
+    os::fd::RawFd,
     sync::atomic::{AtomicBool, Ordering},
     task::Waker,
 };
@@ -34,7 +35,16 @@ pub(crate) struct LaneState {
     pub(crate) closed: bool,
     /// A sender waiting for room.
     pub(crate) send_waker: Option<Waker>,
+    /// The established socket to the peer, once nothing but frames remains to
+    /// be written on it: a sender writes to it itself past [`WRITE_INLINE`].
+    /// Cleared (under this lock) before the socket is closed.
+    pub(crate) socket: Option<RawFd>,
 }
+
+/// How many queued bytes a sender writes itself instead of leaving them to the
+/// I/O thread (which waits a moment for more before it writes): a stream of
+/// small values then flows without waiting for the I/O thread.
+const WRITE_INLINE: usize = 16 * 1024;
 
 /// What [`Lane::try_append`] did.
 #[derive(Debug)]
@@ -92,6 +102,13 @@ impl Lane {
         }
         let was_empty = state.out.queued() == 0;
         state.out.append(append)?;
+        if state.out.queued() >= WRITE_INLINE {
+            if let Some(fd) = state.socket {
+                // What cannot be written now stays queued for the I/O thread,
+                // which hears when the socket has room again (or has failed).
+                let _ = state.out.write_to(&mut sys::SocketWriter(fd));
+            }
+        }
         Ok(self.queued_one(state, was_empty))
     }
 

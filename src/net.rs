@@ -466,6 +466,8 @@ impl Net {
             }
         }
         if failed.is_none() {
+            // Only frames are left to write: the sender may write them too.
+            lane.socket = Some(socket.stream.as_raw_fd());
             if let Err(error) = lane.out.write_to(&mut socket.stream) {
                 failed = Some(error);
             }
@@ -809,6 +811,10 @@ impl Net {
             if let Phase::Established(pid) = socket.phase {
                 if let Some(peer) = self.peers.get(&pid) {
                     peer.attention.unbind(socket.stream.as_raw_fd());
+                    let mut lane = peer.lane.lock();
+                    if lane.socket == Some(socket.stream.as_raw_fd()) {
+                        lane.socket = None;
+                    }
                 }
             }
             let _ = self.registry.deregister(&mut socket.stream);

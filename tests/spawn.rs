@@ -57,24 +57,37 @@ fn killing_the_zygote_ends_the_processes_it_forked_and_spawning_goes_on() {
 fn a_cgroup_passes_to_a_new_process_with_its_own_limit_unless_its_limit_was_hit() {
     let job = Job::new("scenarios", &["cgroup_reuse"]).run();
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
-    let cgroup = |prefix: &str| {
-        let line = job.line(prefix);
-        let (path, limit) = line[prefix.len()..].rsplit_once(' ').unwrap();
-        (path.to_string(), limit.parse::<u64>().unwrap_or(0))
+    // Each line: the label, the child's cgroup, its limit there, and the limit asked.
+    let children = |label: &str| -> Vec<(String, String, String)> {
+        let prefix = format!("{label}: ");
+        let all = job.all_stdout();
+        let lines = all.lines().filter_map(|line| line.strip_prefix(prefix.as_str()));
+        lines
+            .map(|rest| {
+                let words: Vec<&str> = rest.split(' ').collect();
+                (words[0].to_string(), words[1].to_string(), words[2].to_string())
+            })
+            .collect()
     };
-    let (first, second, killed, after) = (cgroup("first: "), cgroup("second: "), cgroup("killed: "), cgroup("after: "));
-    if !first.0.contains("constellation-") {
-        eprintln!("skipped: no memory cgroups on this machine ({first:?})");
+    let (before, killed, after) = (children("before"), children("killed"), children("after"));
+    assert_eq!((before.len(), killed.len(), after.len()), (6, 1, 6), "{}", job.all_stdout());
+    if !before[0].0.contains("constellation-") {
+        eprintln!("skipped: no memory cgroups on this machine ({:?})", before[0]);
         return;
     }
-    assert_eq!(first.1, 30 << 20);
-    assert_eq!(second, (first.0.clone(), 50 << 20), "the first child's cgroup, with the second's limit");
-    assert_eq!(killed.1, 30 << 20);
-    assert_eq!(after.1, 40 << 20);
-    assert_ne!(after.0, killed.0, "a cgroup whose limit killed its process is not reused");
-    let ended: Vec<String> = job.all_stdout().lines().filter(|l| l.starts_with("ended: ")).map(String::from).collect();
-    assert_eq!(ended.len(), 4, "{ended:?}");
-    assert!(ended[2].contains("memory"), "{ended:?}");
+    for (path, limit, asked) in before.iter().chain(&killed).chain(&after) {
+        assert_eq!(limit, asked, "{path} has another process's limit");
+    }
+    let distinct: std::collections::HashSet<&String> = before.iter().map(|(path, _, _)| path).collect();
+    assert!(distinct.len() < before.len(), "no cgroup was reused: {before:?}");
+    assert!(
+        after.iter().all(|(path, _, _)| *path != killed[0].0),
+        "a cgroup whose limit killed its process was reused"
+    );
+    let all = job.all_stdout();
+    let ended: Vec<&str> = all.lines().filter(|l| l.starts_with("ended: ")).collect();
+    assert_eq!(ended.len(), 13);
+    assert!(ended[6].contains("memory limit"), "{ended:?}");
     job.assert_nothing_left();
 }
 

@@ -215,6 +215,30 @@ pub(crate) fn peer_closed(fd: RawFd) -> bool {
     ready > 0 && entry.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// Writes to a socket by its fd, without owning it: for a thread that holds the
+/// lock under which the fd is known to be open.
+pub(crate) struct SocketWriter(pub(crate) RawFd);
+
+impl io::Write for SocketWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(bytes)])
+    }
+
+    fn write_vectored(&mut self, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: an all-zero msghdr is valid; IoSlice is ABI-compatible with
+        // iovec, and the slices outlive the call.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = slices.as_ptr() as *mut libc::iovec;
+        header.msg_iovlen = slices.len().min(libc::UIO_MAXIOV as usize);
+        // SAFETY: header points at valid iovecs for the call.
+        cvt(unsafe { libc::sendmsg(self.0, &header, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }).map(|n| n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Gives `signal` its default disposition back in this process.
 pub(crate) fn default_signal(signal: i32) {
     // SAFETY: SIG_DFL is a valid disposition for any signal.

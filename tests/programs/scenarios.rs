@@ -513,10 +513,19 @@ fn main() {
             println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
         }
         "cgroup_reuse" => {
-            println!("first: {}", cgroup_of_a_child(30 * Mem::MIB, false));
-            println!("second: {}", cgroup_of_a_child(50 * Mem::MIB, false));
-            println!("killed: {}", cgroup_of_a_child(30 * Mem::MIB, true));
-            println!("after: {}", cgroup_of_a_child(40 * Mem::MIB, false));
+            // One child at a time, with a pause after each (a monitor frees its
+            // cgroup a moment after the child's end is known).
+            let run = |label: &str, mib: u64, hog: bool| {
+                println!("{label}: {} {}", cgroup_of_a_child(mib * Mem::MIB, hog), mib << 20);
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            for mib in [30, 50, 40, 30, 50, 40] {
+                run("before", mib, false);
+            }
+            run("killed", 30, true);
+            for mib in [30, 50, 40, 30, 50, 40] {
+                run("after", mib, false);
+            }
         }
         "capacity" => {
             let huge = Resources { mem: 64 * Mem::TIB, ..Resources::default() };
