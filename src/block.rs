@@ -1,8 +1,7 @@
-//! Running futures on the current thread (`Block`), including which sockets a
-//! blocked thread reads itself ([`Attention`]), and time: `sleep`, `timeout`.
+//! Running futures on the current thread (`Block`), waiting in `poll` on the
+//! socket a blocked task reads (see [`Attention`]), and time: `sleep`, `timeout`.
 
-use crate::{reactor::TimerSlot, runtime, sys};
-use parking_lot::Mutex;
+use crate::{attention::Attention, reactor::TimerSlot, runtime, sys};
 use std::{
     cell::{Cell, RefCell},
     future::Future,
@@ -10,7 +9,7 @@ use std::{
     os::fd::{AsRawFd, OwnedFd, RawFd},
     pin::{pin, Pin},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     task::{Context, Poll, Wake, Waker},
@@ -39,127 +38,6 @@ impl Wake for ThreadWaker {
                 _ => self.thread.unpark(),
             }
         }
-    }
-}
-
-/// Whether threads wait on a peer's socket in `poll` themselves: while one does,
-/// the I/O thread leaves the socket's input to it (without even taking the
-/// connection lock) and notes that it did.
-///
-/// The first time it does, it also stops listening for the socket's input
-/// ([`Attention::disarm`]), so later messages wake only the thread that reads
-/// them (it still hears of the peer's close). That lasts until a task waits for
-/// the input without a thread polling the socket for it: a future in another
-/// executor, or one of several in a `block` (which polls one socket). From then
-/// on the I/O thread listens for the socket's input for good
-/// ([`Attention::arm`]).
-#[derive(Debug, Default)]
-pub(crate) struct Attention {
-    waiting: AtomicUsize,
-    skipped: AtomicBool,
-    /// Whether the I/O thread has stopped listening for input.
-    disarmed: AtomicBool,
-    /// Whether a task has waited for the input without polling the socket.
-    unattended_waiter: AtomicBool,
-    /// The socket's place in the I/O thread's epoll set, while it is open.
-    registration: Mutex<Option<Registration>>,
-}
-
-/// Where an established socket is registered with the I/O thread.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Registration {
-    pub(crate) epoll: RawFd,
-    pub(crate) fd: RawFd,
-    pub(crate) token: usize,
-}
-
-impl Attention {
-    /// Notes the socket now established for the peer, registered for input and
-    /// output.
-    pub(crate) fn bind(&self, registration: Registration) {
-        let mut bound = self.registration.lock();
-        *bound = Some(registration);
-        self.disarmed.store(false, Ordering::SeqCst);
-    }
-
-    /// Forgets socket `fd` before it is closed, so its number, once reused, is
-    /// never touched here.
-    pub(crate) fn unbind(&self, fd: RawFd) {
-        let mut bound = self.registration.lock();
-        if bound.is_some_and(|r| r.fd == fd) {
-            *bound = None;
-        }
-    }
-
-    /// Called by the I/O thread as it leaves input to a thread polling the
-    /// socket: stops listening for the socket's input, unless a task has waited
-    /// for it without polling the socket.
-    pub(crate) fn disarm(&self) {
-        if self.disarmed.load(Ordering::Relaxed) || self.unattended_waiter.load(Ordering::Relaxed) {
-            return;
-        }
-        let bound = self.registration.lock();
-        let Some(r) = *bound else { return };
-        if self.attended()
-            && !self.unattended_waiter.load(Ordering::SeqCst)
-            && sys::epoll_listen(r.epoll, r.fd, r.token, false).is_ok()
-        {
-            self.disarmed.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Called by the I/O thread for any event on the socket. While it does not
-    /// listen for input, an event means room to write or the peer's close, and
-    /// mio tells a close only with input: if the peer has closed, it listens
-    /// again, which raises the close afresh, as input. Returns whether it did.
-    pub(crate) fn listen_after_event(&self) -> bool {
-        if !self.disarmed.load(Ordering::Relaxed) {
-            return false;
-        }
-        let bound = self.registration.lock();
-        if let (Some(r), true) = (*bound, self.disarmed.load(Ordering::SeqCst)) {
-            if !sys::peer_closed(r.fd) {
-                return false;
-            }
-            if let Err(error) = sys::epoll_listen(r.epoll, r.fd, r.token, true) {
-                log::warn!("listening for a connection's input again: {error}");
-            }
-            self.disarmed.store(false, Ordering::SeqCst);
-            return true;
-        }
-        false
-    }
-
-    /// A task waits for the input without a thread polling the socket for it:
-    /// has the I/O thread listen for the socket's input again, and for good.
-    /// Input already there raises an event at once.
-    pub(crate) fn arm(&self) {
-        if self.unattended_waiter.load(Ordering::Relaxed) && !self.disarmed.load(Ordering::Relaxed) {
-            return;
-        }
-        let bound = self.registration.lock();
-        self.unattended_waiter.store(true, Ordering::SeqCst);
-        if let (Some(r), true) = (*bound, self.disarmed.load(Ordering::SeqCst)) {
-            if let Err(error) = sys::epoll_listen(r.epoll, r.fd, r.token, true) {
-                log::warn!("listening for a connection's input again: {error}");
-            }
-            self.disarmed.store(false, Ordering::SeqCst);
-        }
-    }
-
-    /// Whether a thread waits on the socket itself.
-    pub(crate) fn attended(&self) -> bool {
-        self.waiting.load(Ordering::SeqCst) > 0
-    }
-
-    /// Notes that the I/O thread left input on the socket to its reader.
-    pub(crate) fn skip(&self) {
-        self.skipped.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether input was left unread since the last call (or the last read).
-    pub(crate) fn take_skipped(&self) -> bool {
-        self.skipped.load(Ordering::Relaxed) && self.skipped.swap(false, Ordering::SeqCst)
     }
 }
 
@@ -224,13 +102,29 @@ pub trait Block: Future {
     }
 }
 
+/// Marks this thread as polling the future of a `block` until dropped (also if
+/// the future panics), restoring what it was (blocks may nest).
+struct InBlock(bool);
+
+impl InBlock {
+    fn enter() -> InBlock {
+        InBlock(IN_BLOCK.with(|in_block| in_block.replace(true)))
+    }
+}
+
+impl Drop for InBlock {
+    fn drop(&mut self) {
+        IN_BLOCK.with(|in_block| in_block.set(self.0));
+    }
+}
+
 /// A thread's count in a socket's `attended`, given back when dropped (also if
 /// the future panics).
 struct Attending(Arc<Attention>);
 
 impl Drop for Attending {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.end_wait();
     }
 }
 
@@ -256,9 +150,10 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
         if let Some((_, orphan, _)) = WAIT.with(|wait| wait.borrow_mut().take()) {
             orphan.arm();
         }
-        let outer = IN_BLOCK.with(|in_block| in_block.replace(true));
-        let polled = future.as_mut().poll(&mut cx);
-        IN_BLOCK.with(|in_block| in_block.set(outer));
+        let polled = {
+            let _in_block = InBlock::enter();
+            future.as_mut().poll(&mut cx)
+        };
         READABLE.with(|readable| readable.set(None));
         drop(attending.take());
         if let Poll::Ready(output) = polled {
@@ -275,7 +170,7 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
         match (waiting, &state.eventfd) {
             (Some((socket, attended, task)), Some(eventfd)) => {
                 polled_socket = Some(attended.clone());
-                attended.waiting.fetch_add(1, Ordering::SeqCst);
+                attended.begin_wait();
                 attending = Some(Attending(attended));
                 state.polling.store(true, Ordering::SeqCst);
                 if !state.notified.swap(false, Ordering::SeqCst) {

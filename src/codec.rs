@@ -13,6 +13,42 @@ pub(crate) const MAX_FRAME: usize = 1 << 30;
 /// The bytes of a frame before its payload: the length, then the kind.
 pub(crate) const HEADER: usize = 5;
 
+/// A `Vec<u8>` field encoded in bulk (`#[serde(with = "codec::bulk_bytes")]`):
+/// the same bytes as serde's element-by-element encoding under bincode (a `u64`
+/// length, then the bytes), without a call per byte.
+pub(crate) mod bulk_bytes {
+    use serde::{de, Deserializer, Serializer};
+    use std::fmt;
+
+    /// Encodes `bytes` as one byte string.
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    /// Decodes one byte string.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> de::Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(bytes.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(bytes)
+        }
+    }
+}
+
 /// Input that is not a valid frame or value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CodecError(pub(crate) String);

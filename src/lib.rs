@@ -28,6 +28,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod attention;
 mod block;
 mod bridge;
 mod channel;

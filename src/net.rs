@@ -15,7 +15,7 @@
 //! process has ended.
 
 use crate::{
-    block::{Attention, Registration},
+    attention::{Attention, Registration},
     codec::{self, CodecError},
     inbox::Inbox,
     lane::Lane,

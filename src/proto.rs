@@ -120,7 +120,11 @@ pub(crate) enum Command {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Report {
     /// Bytes the process wrote to fd 1 or 2; empty when that fd was closed.
-    Output { fd: u8, data: Vec<u8> },
+    Output {
+        fd: u8,
+        #[serde(with = "crate::codec::bulk_bytes")]
+        data: Vec<u8>,
+    },
     /// The process has ended; this is the monitor's last message but for
     /// `CgroupFree`.
     Exited { status: ExitStatus },

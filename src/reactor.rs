@@ -3,7 +3,7 @@
 //! wakes the tasks waiting on any of it. Input on a socket that a blocked thread
 //! waits on itself is left to that thread, decided without the connection lock.
 
-use crate::{block::Attention, lane::Lane, runtime::Runtime};
+use crate::{attention::Attention, lane::Lane, runtime::Runtime};
 use mio::{event::Event, Events, Poll};
 use parking_lot::Mutex;
 use std::{

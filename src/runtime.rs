@@ -87,6 +87,20 @@ pub(crate) fn flush_queued() {
     wake.into_iter().for_each(std::task::Waker::wake);
 }
 
+/// How long a spawn waits at most for the monitor to read what the process
+/// wrote before it.
+const OUTPUT_CATCH_UP: Duration = Duration::from_millis(100);
+
+/// Waits (bounded) until the monitor has read everything this process wrote to
+/// its stdout and stderr, so that output written before a spawn is shown before
+/// anything the new process writes.
+pub(crate) fn wait_for_output_read() {
+    let since = Instant::now();
+    while [1, 2].iter().any(|&fd| sys::unread_in_pipe(fd) > 0) && since.elapsed() < OUTPUT_CATCH_UP {
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
 /// Adds a timer, waking the reactor if it is now the earliest.
 pub(crate) fn add_timer(deadline: Instant, slot: Arc<TimerSlot>) {
     let runtime = get();

@@ -190,6 +190,7 @@ impl ProcessFn {
     /// If [`init`](crate::init) has not been called.
     pub fn spawn(&self, resources: Resources, options: SpawnOptions) -> Spawn {
         runtime::get();
+        runtime::wait_for_output_read();
         let request = SpawnRequest {
             id: 0,
             resources,

@@ -4,6 +4,19 @@ mod util;
 use util::Job;
 
 #[test]
+fn what_a_process_prints_before_a_spawn_comes_before_what_the_child_prints() {
+    let job = Job::new("scenarios", &["output_order"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    let text = job.all_stdout();
+    for round in 0..30 {
+        let before = text.find(&format!("before {round} ")).expect("the parent's line");
+        let child = text.find(&format!("child {round}\n")).expect("the child's line");
+        assert!(before < child, "round {round}: the child's line came first");
+    }
+    job.assert_nothing_left();
+}
+
+#[test]
 fn all_256_byte_values_are_preserved_in_json() {
     let job = Job::new("scenarios", &["binary_output"]).run();
     let top = job.top();

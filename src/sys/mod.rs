@@ -239,6 +239,22 @@ impl io::Write for SocketWriter {
     }
 }
 
+/// Bytes written to `fd` and not yet read, if `fd` is a pipe; 0 otherwise.
+pub(crate) fn unread_in_pipe(fd: RawFd) -> usize {
+    // SAFETY: an all-zero stat is valid to be overwritten by fstat.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: stat is a valid buffer for the call.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return 0;
+    }
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to `unread`.
+    match unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) } {
+        0 => unread.max(0) as usize,
+        _ => 0,
+    }
+}
+
 /// Gives `signal` its default disposition back in this process.
 pub(crate) fn default_signal(signal: i32) {
     // SAFETY: SIG_DFL is a valid disposition for any signal.

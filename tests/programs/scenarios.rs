@@ -512,6 +512,15 @@ fn main() {
                     .unwrap();
             println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
         }
+        "output_order" => {
+            // Each round: a long line, then a child that prints at once.
+            let filler = "x".repeat(32 * 1024);
+            for round in 0..30 {
+                println!("before {round} {filler}");
+                let child = spawn(small(), FnOnce!(move |_parent: Pid| println!("child {}", round))).block().unwrap();
+                monitor(child).block();
+            }
+        }
         "cgroup_reuse" => {
             // One child at a time, with a pause after each (a monitor frees its
             // cgroup a moment after the child's end is known).

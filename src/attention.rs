@@ -1,0 +1,144 @@
+//! `Attention`: who reads a peer socket's input. A thread blocked in `recv`
+//! waits in `poll` on the socket and reads it itself; while one does, the I/O
+//! thread leaves that input alone, and stops listening for it altogether until
+//! a task waits on the socket without a thread polling it.
+
+use crate::sys;
+use parking_lot::Mutex;
+use std::{
+    os::fd::RawFd,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+};
+
+/// Whether threads wait on a peer's socket in `poll` themselves: while one does,
+/// the I/O thread leaves the socket's input to it (without even taking the
+/// connection lock) and notes that it did.
+///
+/// The first time it does, it also stops listening for the socket's input
+/// ([`Attention::disarm`]), so later messages wake only the thread that reads
+/// them (it still hears of the peer's close). That lasts until a task waits for
+/// the input without a thread polling the socket for it: a future in another
+/// executor, or one of several in a `block` (which polls one socket). From then
+/// on the I/O thread listens for the socket's input for good
+/// ([`Attention::arm`]).
+#[derive(Debug, Default)]
+pub(crate) struct Attention {
+    waiting: AtomicUsize,
+    skipped: AtomicBool,
+    /// Whether the I/O thread has stopped listening for input.
+    disarmed: AtomicBool,
+    /// Whether a task has waited for the input without polling the socket.
+    unattended_waiter: AtomicBool,
+    /// The socket's place in the I/O thread's epoll set, while it is open.
+    registration: Mutex<Option<Registration>>,
+}
+
+/// Where an established socket is registered with the I/O thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Registration {
+    pub(crate) epoll: RawFd,
+    pub(crate) fd: RawFd,
+    pub(crate) token: usize,
+}
+
+impl Attention {
+    /// Notes the socket now established for the peer, registered for input and
+    /// output.
+    pub(crate) fn bind(&self, registration: Registration) {
+        let mut bound = self.registration.lock();
+        *bound = Some(registration);
+        self.disarmed.store(false, Ordering::SeqCst);
+    }
+
+    /// Forgets socket `fd` before it is closed, so its number, once reused, is
+    /// never touched here.
+    pub(crate) fn unbind(&self, fd: RawFd) {
+        let mut bound = self.registration.lock();
+        if bound.is_some_and(|r| r.fd == fd) {
+            *bound = None;
+        }
+    }
+
+    /// Called by the I/O thread as it leaves input to a thread polling the
+    /// socket: stops listening for the socket's input, unless a task has waited
+    /// for it without polling the socket.
+    pub(crate) fn disarm(&self) {
+        if self.disarmed.load(Ordering::Relaxed) || self.unattended_waiter.load(Ordering::Relaxed) {
+            return;
+        }
+        let bound = self.registration.lock();
+        let Some(r) = *bound else { return };
+        if self.attended()
+            && !self.unattended_waiter.load(Ordering::SeqCst)
+            && sys::epoll_listen(r.epoll, r.fd, r.token, false).is_ok()
+        {
+            self.disarmed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Called by the I/O thread for any event on the socket. While it does not
+    /// listen for input, an event means room to write or the peer's close, and
+    /// mio tells a close only with input: if the peer has closed, it listens
+    /// again, which raises the close afresh, as input. Returns whether it did.
+    pub(crate) fn listen_after_event(&self) -> bool {
+        if !self.disarmed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let bound = self.registration.lock();
+        match *bound {
+            Some(r) if self.disarmed.load(Ordering::SeqCst) && sys::peer_closed(r.fd) => {
+                self.listen(r);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A task waits for the input without a thread polling the socket for it:
+    /// has the I/O thread listen for the socket's input again, and for good.
+    /// Input already there raises an event at once.
+    pub(crate) fn arm(&self) {
+        if self.unattended_waiter.load(Ordering::Relaxed) && !self.disarmed.load(Ordering::Relaxed) {
+            return;
+        }
+        let bound = self.registration.lock();
+        self.unattended_waiter.store(true, Ordering::SeqCst);
+        if let (Some(r), true) = (*bound, self.disarmed.load(Ordering::SeqCst)) {
+            self.listen(r);
+        }
+    }
+
+    /// Has the I/O thread listen for input on `r` again; called with the
+    /// registration locked.
+    fn listen(&self, r: Registration) {
+        if let Err(error) = sys::epoll_listen(r.epoll, r.fd, r.token, true) {
+            log::warn!("listening for a connection's input again: {error}");
+        }
+        self.disarmed.store(false, Ordering::SeqCst);
+    }
+
+    /// A thread starts waiting on the socket itself.
+    pub(crate) fn begin_wait(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A thread stops waiting on the socket itself.
+    pub(crate) fn end_wait(&self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether a thread waits on the socket itself.
+    pub(crate) fn attended(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    /// Notes that the I/O thread left input on the socket to its reader.
+    pub(crate) fn skip(&self) {
+        self.skipped.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether input was left unread since the last call (or the last read).
+    pub(crate) fn take_skipped(&self) -> bool {
+        self.skipped.load(Ordering::Relaxed) && self.skipped.swap(false, Ordering::SeqCst)
+    }
+}
