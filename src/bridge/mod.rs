@@ -225,6 +225,7 @@ impl Bridge {
                     continue;
                 }
                 self.printer.warning(&format!("the bridge's event loop failed: {error}"));
+                self.printer.flush();
                 self.stop_job();
                 return 1;
             }
@@ -252,6 +253,8 @@ impl Bridge {
                     }
                 }
             }
+            // What the events printed goes out as one write per fd switch.
+            self.printer.flush();
             if let Some(signal) = self.stop {
                 self.stop_job();
                 return 128 + signal;
@@ -263,6 +266,7 @@ impl Bridge {
                 self.exchange_heartbeats();
             }
         }
+        self.printer.flush();
         self.remove_cgroups();
         self.procs.get(&self.top).and_then(|p| p.status.as_ref()).map_or(1, ExitStatus::code)
     }

@@ -17,6 +17,15 @@ pub(crate) struct Printer {
     mid_line: bool,
     /// Where the output goes, if not to fds 1 and 2.
     sink: Option<Sink>,
+    /// Bytes for one fd not yet written: consecutive writes to the same fd go
+    /// out as one, at the latest when the bridge has handled what woke it.
+    pending: (i32, Vec<u8>),
+}
+
+impl Drop for Printer {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 impl std::fmt::Debug for Printer {
@@ -31,21 +40,42 @@ pub(crate) use crate::cluster::OutputSink as Sink;
 
 impl Printer {
     pub(crate) fn new(json: bool) -> Printer {
-        Printer { json, colour: !json && sys::is_terminal(STDERR), current: None, mid_line: false, sink: None }
+        Printer {
+            json,
+            colour: !json && sys::is_terminal(STDERR),
+            current: None,
+            mid_line: false,
+            sink: None,
+            pending: (STDOUT, Vec::new()),
+        }
     }
 
     /// A printer whose output goes to `sink`, uncoloured.
     pub(crate) fn to_sink(json: bool, sink: Sink) -> Printer {
-        Printer { json, colour: false, current: None, mid_line: false, sink: Some(sink) }
+        Printer { json, colour: false, current: None, mid_line: false, sink: Some(sink), pending: (STDOUT, Vec::new()) }
     }
 
     fn write(&mut self, fd: i32, bytes: &[u8]) {
+        if self.pending.0 != fd {
+            self.flush();
+            self.pending.0 = fd;
+        }
+        self.pending.1.extend_from_slice(bytes);
+    }
+
+    /// Writes out what is pending.
+    pub(crate) fn flush(&mut self) {
+        let (fd, bytes) = &mut self.pending;
+        if bytes.is_empty() {
+            return;
+        }
         match &mut self.sink {
-            Some(sink) => sink(fd as u8, bytes),
+            Some(sink) => sink(*fd as u8, bytes),
             // A closed stdout or stderr must not stop the job; what cannot be
             // shown is dropped.
-            None => drop(sys::write_all(fd, bytes)),
+            None => drop(sys::write_all(*fd, bytes)),
         }
+        bytes.clear();
     }
 
     fn event(&mut self, value: Value) {
