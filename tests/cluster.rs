@@ -329,7 +329,13 @@ fn a_round_robin_fanout_spreads_and_survives_a_node_killed_midway() {
     node.signal(libc::SIGKILL);
     let finished = running.finish();
     assert_eq!(finished.code, Some(0), "{}\n{}", finished.stderr_text(), cluster.logs());
-    assert_eq!(finished.line("results:"), "results: 18 of 18 right", "every input came back despite the lost node");
+    let wrong: Vec<String> =
+        finished.all_stdout().lines().filter(|l| l.starts_with("wrong:")).map(String::from).collect();
+    assert_eq!(
+        finished.line("results:"),
+        "results: 18 of 18 right",
+        "every input came back despite the lost node: {wrong:?}"
+    );
     assert!(finished.exits().values().any(|s| s["lost"] == true), "some inputs were lost and retried");
     finished.assert_nothing_left();
 }

@@ -105,6 +105,11 @@ fn main() {
             ips.dedup();
             let right = results.iter().enumerate().filter(|(i, r)| matches!(r, Ok((v, _)) if *v == 2 * *i as u64));
             println!("results: {} of {count} right", right.count());
+            for (i, result) in
+                results.iter().enumerate().filter(|(i, r)| !matches!(r, Ok((v, _)) if *v == 2 * *i as u64))
+            {
+                println!("wrong: input {i}: {result:?}");
+            }
             println!("ips: {}", ips.join(","));
         }
         // A child with a fifth of a core spins for 1.5 s and says how much CPU
