@@ -228,7 +228,9 @@ impl<T: Serialize + DeserializeOwned + 'static> Future for Job<T> {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(error)) => {
                         this.state = State::Done;
-                        return Poll::Ready(Err(JobError::Spawn(error)));
+                        // Lost while it started is lost all the same: a fan-out retries it.
+                        let error = if error == SpawnError::Lost { JobError::Lost } else { JobError::Spawn(error) };
+                        return Poll::Ready(Err(error));
                     }
                     Poll::Ready(Ok(pid)) => {
                         let down = spawn.monitor(pid).expect("jobs are spawned monitored");

@@ -26,6 +26,9 @@ pub enum SpawnError {
     BridgeLost,
     /// The operating system refused to start the process; the reason says why.
     Failed(String),
+    /// The node the process was placed on was lost while the process started;
+    /// spawning again places it on another node.
+    Lost,
 }
 
 impl fmt::Display for SpawnError {
@@ -34,6 +37,7 @@ impl fmt::Display for SpawnError {
             SpawnError::NoCapacity => f.write_str("no capacity: nothing can hold a process of these resources now"),
             SpawnError::BridgeLost => f.write_str("the job's bridge is gone, so no process can be started"),
             SpawnError::Failed(reason) => write!(f, "the process could not be started: {reason}"),
+            SpawnError::Lost => f.write_str("its node was lost while the process started"),
         }
     }
 }

@@ -309,6 +309,25 @@ fn stdin_reaches_the_deployed_top_process() {
 }
 
 #[test]
+fn a_fanout_retries_the_inputs_whose_node_was_lost_while_they_started() {
+    let cluster = Cluster::three_nodes(&FAST_LEASES);
+    // The last node takes the spawns placed on it and never starts them.
+    let node = node_at(&cluster, "127.0.0.4");
+    node.signal(libc::SIGSTOP);
+    let running = cluster.deploy("cluster_scenarios", &["fanout", "12", "0"]).start();
+    running.wait_for_stdout("fanout started", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    node.signal(libc::SIGKILL);
+    let finished = running.finish();
+    assert_eq!(finished.code, Some(0), "{}\n{}", finished.stderr_text(), cluster.logs());
+    let wrong: Vec<String> =
+        finished.all_stdout().lines().filter(|l| l.starts_with("wrong:")).map(String::from).collect();
+    assert_eq!(finished.line("results:"), "results: 12 of 12 right", "{wrong:?}\n{}", cluster.logs());
+    assert_eq!(finished.line("ips:"), "ips: 127.0.0.2,127.0.0.3");
+    finished.assert_nothing_left();
+}
+
+#[test]
 fn a_round_robin_fanout_spreads_and_survives_a_node_killed_midway() {
     let cluster = Cluster::three_nodes(&FAST_LEASES);
     // Round-robin: every node gets inputs.

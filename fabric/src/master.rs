@@ -611,9 +611,11 @@ impl Master {
             write_frame(&mut *writer.lock(), &ToNode::Spawn { job, id, hash, image })
         });
         if let Err(error) = sent {
+            // The node cannot be reached: the process is lost with it, and a
+            // fan-out places it again elsewhere.
+            log::warn!("sending a process to node {addr}: {error}");
             self.release(job, id);
-            let error = SpawnError::Failed(format!("sending it to node {addr}: {error}"));
-            self.tell_bridge(job, &FromScheduler::Refused { id, error });
+            self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::Lost });
         }
     }
 }

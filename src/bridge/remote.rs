@@ -276,7 +276,7 @@ impl Bridge {
         let Some(remote) = &mut self.remote else { return };
         if let Some(pending) = remote.pending.remove(&id) {
             let error = if lost {
-                SpawnError::Failed("its node was lost while it started".into())
+                SpawnError::Lost
             } else {
                 SpawnError::Failed("it ended before it could reach the job's bridge".into())
             };
