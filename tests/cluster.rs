@@ -316,6 +316,10 @@ fn a_fanout_retries_the_inputs_whose_node_was_lost_while_they_started() {
     node.signal(libc::SIGSTOP);
     let running = cluster.deploy("cluster_scenarios", &["fanout", "12", "0"]).start();
     running.wait_for_stdout("fanout started", Duration::from_secs(30));
+    // A stopped daemon gives no sign that a spawn reached it: give the first
+    // round-robin placements a moment to be sent there (they are the fan-out's
+    // first), then kill it before its lease runs out. Left stopped, the job
+    // never ends (see the session note); killed, the master loses it at once.
     std::thread::sleep(Duration::from_millis(300));
     node.signal(libc::SIGKILL);
     let finished = running.finish();
