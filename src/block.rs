@@ -3,7 +3,7 @@
 
 use crate::{attention::Attention, reactor::TimerSlot, runtime, sys};
 use std::{
-    cell::{Cell, RefCell},
+    cell::{Cell, OnceCell, RefCell},
     future::Future,
     mem::ManuallyDrop,
     os::fd::{AsRawFd, OwnedFd, RawFd},
@@ -44,21 +44,38 @@ impl Wake for ThreadWaker {
 /// A socket a task waits to read, its [`Attention`], and the task's waker.
 type Wait = (RawFd, Arc<Attention>, Waker);
 
-thread_local! {
+/// What the `block`s of one thread share, in one thread-local (one lookup per
+/// `block`: a value already waiting is received in a few nanoseconds).
+struct ThreadBlock {
     /// The socket the future being blocked on waits to read, if it is one.
-    static WAIT: RefCell<Option<Wait>> = const { RefCell::new(None) };
+    wait: RefCell<Option<Wait>>,
     /// Whether this thread is polling the future of a `block`.
-    static IN_BLOCK: Cell<bool> = const { Cell::new(false) };
+    in_block: Cell<bool>,
     /// The socket this thread's last wait in `poll` saw readable.
-    static READABLE: Cell<Option<RawFd>> = const { Cell::new(None) };
-    /// This thread's waker for `block`, made once: a stale wake-up from an
-    /// earlier future only makes the loop poll once more.
-    static THREAD_WAKER: Arc<ThreadWaker> = Arc::new(ThreadWaker {
-        thread: thread::current(),
-        notified: AtomicBool::new(false),
-        polling: AtomicBool::new(false),
-        eventfd: sys::eventfd().ok(),
-    });
+    readable: Cell<Option<RawFd>>,
+    /// This thread's waker for `block`, made at its first `block`: a stale
+    /// wake-up from an earlier future only makes the loop poll once more.
+    waker: OnceCell<Arc<ThreadWaker>>,
+}
+
+thread_local! {
+    static THREAD: ThreadBlock = const {
+        ThreadBlock { wait: RefCell::new(None), in_block: Cell::new(false), readable: Cell::new(None), waker: OnceCell::new() }
+    };
+}
+
+impl ThreadBlock {
+    #[inline]
+    fn waker(&self) -> &Arc<ThreadWaker> {
+        self.waker.get_or_init(|| {
+            Arc::new(ThreadWaker {
+                thread: thread::current(),
+                notified: AtomicBool::new(false),
+                polling: AtomicBool::new(false),
+                eventfd: sys::eventfd().ok(),
+            })
+        })
+    }
 }
 
 /// Notes that the current task waits for `fd` to become readable, so a thread
@@ -66,11 +83,13 @@ thread_local! {
 /// counts itself in `attended` and reads what comes itself. A `block` polls the
 /// socket of the last task to wait: the I/O thread listens for the others.
 pub(crate) fn waiting_on(fd: RawFd, attended: &Arc<Attention>, waker: &Waker) {
-    if !IN_BLOCK.with(Cell::get) {
+    let previous = THREAD.with(|thread| {
+        thread.in_block.get().then(|| thread.wait.borrow_mut().replace((fd, attended.clone(), waker.clone())))
+    });
+    let Some(previous) = previous else {
         attended.arm();
         return;
-    }
-    let previous = WAIT.with(|wait| wait.borrow_mut().replace((fd, attended.clone(), waker.clone())));
+    };
     if let Some((_, previous, _)) = previous {
         previous.arm();
     }
@@ -79,7 +98,7 @@ pub(crate) fn waiting_on(fd: RawFd, attended: &Arc<Attention>, waker: &Waker) {
 /// Whether this thread's last wait in `poll` saw `fd` readable: then the I/O
 /// thread may have left its input alone, and the caller reads it.
 pub(crate) fn saw_readable(fd: RawFd) -> bool {
-    READABLE.with(|readable| readable.get() == Some(fd))
+    THREAD.with(|thread| thread.readable.get() == Some(fd))
 }
 
 /// Runs a future to completion on the current thread.
@@ -98,23 +117,26 @@ pub trait Block: Future {
     where
         Self: Sized,
     {
-        THREAD_WAKER.with(|state| block_on(state, self))
+        THREAD.with(|thread| block_on(thread, self))
     }
 }
 
 /// Marks this thread as polling the future of a `block` until dropped (also if
 /// the future panics), restoring what it was (blocks may nest).
-struct InBlock(bool);
+struct InBlock<'a> {
+    in_block: &'a Cell<bool>,
+    was: bool,
+}
 
-impl InBlock {
-    fn enter() -> InBlock {
-        InBlock(IN_BLOCK.with(|in_block| in_block.replace(true)))
+impl InBlock<'_> {
+    fn enter(in_block: &Cell<bool>) -> InBlock<'_> {
+        InBlock { in_block, was: in_block.replace(true) }
     }
 }
 
-impl Drop for InBlock {
+impl Drop for InBlock<'_> {
     fn drop(&mut self) {
-        IN_BLOCK.with(|in_block| in_block.set(self.0));
+        self.in_block.set(self.was);
     }
 }
 
@@ -130,7 +152,8 @@ impl Drop for Attending {
 
 /// The loop of [`Block::block`], with this thread's waker borrowed: a call costs
 /// no reference-count traffic unless the future keeps the waker.
-fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
+fn block_on<F: Future>(thread: &ThreadBlock, future: F) -> F::Output {
+    let state = thread.waker();
     // SAFETY: `Waker::from` takes over one count of the `Arc` without changing it,
     // and `ManuallyDrop` never gives it back, so the count is untouched; `state`,
     // held by this thread's local, outlives the waker, and clones of the waker
@@ -147,21 +170,21 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
     loop {
         // Left by a future that called `block` inside its `poll`: no thread will
         // poll that socket, so the I/O thread must listen for it.
-        if let Some((_, orphan, _)) = WAIT.with(|wait| wait.borrow_mut().take()) {
+        if let Some((_, orphan, _)) = thread.wait.borrow_mut().take() {
             orphan.arm();
         }
         let polled = {
-            let _in_block = InBlock::enter();
+            let _in_block = InBlock::enter(&thread.in_block);
             future.as_mut().poll(&mut cx)
         };
-        READABLE.with(|readable| readable.set(None));
+        thread.readable.set(None);
         drop(attending.take());
         if let Poll::Ready(output) = polled {
             return output;
         }
         // Whatever was queued goes out before this thread sleeps.
         runtime::flush_queued();
-        let waiting = WAIT.with(|wait| wait.borrow_mut().take());
+        let waiting = thread.wait.borrow_mut().take();
         if let Some(previous) = polled_socket.take() {
             if !waiting.as_ref().is_some_and(|(_, attention, _)| Arc::ptr_eq(attention, &previous)) {
                 previous.arm();
@@ -177,7 +200,7 @@ fn block_on<F: Future>(state: &Arc<ThreadWaker>, future: F) -> F::Output {
                     let events = [(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)];
                     if let Ok(revents) = sys::poll(&events, None) {
                         if revents[0] != 0 {
-                            READABLE.with(|readable| readable.set(Some(socket)));
+                            thread.readable.set(Some(socket));
                             // The I/O thread wakes no one for input it leaves to
                             // us: wake the task, if it is part of the future.
                             if !task.will_wake(&waker) {

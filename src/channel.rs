@@ -268,13 +268,9 @@ impl<T: Serialize> Sender<T> {
     /// Appends a value to the channel's lane: while the buffer has room, with the
     /// lane's lock only.
     fn to_lane(pid: Pid, lane: &Lane, value: &T, waiter: Option<&Waker>) -> Poll<Result<(), codec::CodecError>> {
-        match lane.try_append(|buf| codec::append_frame(buf, FRAME_DATA, value)) {
-            Ok(Appended::Queued { newly_dirty: false, reply: false }) => Poll::Ready(Ok(())),
-            Ok(Appended::Queued { newly_dirty, reply }) => {
-                runtime::with_net(|net| net.appended(pid, newly_dirty, reply));
-                Poll::Ready(Ok(()))
-            }
-            Ok(Appended::Full) => runtime::with_net(|net| {
+        match Self::append_to_lane(pid, lane, value) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => runtime::with_net(|net| {
                 if let Some(waker) = waiter {
                     if !net.room_or_wait(pid, waker) {
                         return Poll::Pending;
@@ -283,6 +279,19 @@ impl<T: Serialize> Sender<T> {
                 Poll::Ready(net.queue_value(pid, value))
             }),
             Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    /// Appends a value to the channel's lane unless its buffer is full (then
+    /// returns `false`).
+    fn append_to_lane(pid: Pid, lane: &Lane, value: &T) -> Result<bool, codec::CodecError> {
+        match lane.try_append(|buf| codec::append_frame(buf, FRAME_DATA, value))? {
+            Appended::Queued { newly_dirty: false, reply: false } => Ok(true),
+            Appended::Queued { newly_dirty, reply } => {
+                runtime::with_net(|net| net.appended(pid, newly_dirty, reply));
+                Ok(true)
+            }
+            Appended::Full => Ok(false),
         }
     }
 
@@ -348,6 +357,24 @@ impl<T: Serialize> fmt::Debug for Send<'_, T> {
 }
 
 impl<T: Serialize> Unpin for Send<'_, T> {}
+
+impl<T: Serialize> Send<'_, T> {
+    /// Sends on this thread, sleeping while the channel's buffer is full: what
+    /// [`Block::block`](crate::Block::block) does, without its set-up when the
+    /// buffer has room (the common case of a stream of small values).
+    ///
+    /// # Panics
+    /// If the value cannot be serialised.
+    pub fn block(mut self) {
+        if let (Route::Channel(pid, lane), Some(value)) = (&self.sender.route, &self.value) {
+            if codec::large_byte_vec(value).is_none() && matches!(Sender::append_to_lane(*pid, lane, value), Ok(true)) {
+                self.value = None;
+                return;
+            }
+        }
+        crate::Block::block(self)
+    }
+}
 
 impl<T: Serialize> Future for Send<'_, T> {
     type Output = ();
@@ -542,24 +569,31 @@ impl<T: DeserializeOwned> Receiver<T> {
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
         let mut taken = self.taken.lock();
         loop {
-            let Taken { frames, mismatched } = &mut *taken;
-            loop {
-                let (kind, payload) = match frames.next() {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(error) => return Poll::Ready(Err(self.corrupt(error))),
-                };
-                match Frame::of(kind, frames.bytes(payload), mismatched) {
-                    Frame::Skip => {}
-                    Frame::Received(result) => return Poll::Ready(result),
-                    Frame::Corrupt(error) => return Poll::Ready(Err(self.corrupt(error))),
-                }
+            if let Some(result) = self.next_taken(&mut taken) {
+                return Poll::Ready(result);
             }
-            frames.tidy();
+            taken.frames.tidy();
             match runtime::with_net(|net| self.refill(net, &mut taken, cx)) {
                 Refill::Taken => {}
                 Refill::Ready(result) => return Poll::Ready(result),
                 Refill::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The next value (or end) among the frames taken, if there is one.
+    fn next_taken(&self, taken: &mut Taken) -> Option<Result<T, RecvError>> {
+        let Taken { frames, mismatched } = taken;
+        loop {
+            let (kind, payload) = match frames.next() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(error) => return Some(Err(self.corrupt(error))),
+            };
+            match Frame::of(kind, frames.bytes(payload), mismatched) {
+                Frame::Skip => {}
+                Frame::Received(result) => return Some(result),
+                Frame::Corrupt(error) => return Some(Err(self.corrupt(error))),
             }
         }
     }
@@ -661,6 +695,18 @@ pub struct Recv<'a, T: DeserializeOwned> {
 impl<T: DeserializeOwned> fmt::Debug for Recv<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Recv").field("pid", &self.receiver.pid).finish()
+    }
+}
+
+impl<T: DeserializeOwned> Recv<'_, T> {
+    /// Receives on this thread, sleeping until a value comes: what
+    /// [`Block::block`](crate::Block::block) does, without its set-up when a value
+    /// is already here (the common case of a stream of small values).
+    pub fn block(self) -> Result<T, RecvError> {
+        if let Some(result) = self.receiver.next_taken(&mut self.receiver.taken.lock()) {
+            return result;
+        }
+        crate::Block::block(self)
     }
 }
 

@@ -8,8 +8,8 @@
 //! limited too (`cpu_time`, enforced with `RLIMIT_CPU`).
 
 use crate::{
-    spawn::SpawnOptions, sys, Block, ExitStatus, Mem, Monitor, Pid, Placement, ProcessFn, Receiver, Resources, Sender,
-    Spawn, SpawnError,
+    spawn::SpawnOptions, sys, ExitStatus, Mem, Monitor, Pid, Placement, ProcessFn, Receiver, Resources, Sender, Spawn,
+    SpawnError,
 };
 use futures::{stream::FuturesUnordered, Stream, StreamExt};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};

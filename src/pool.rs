@@ -3,8 +3,7 @@
 //! is replaced, and its task's result says how it ended.
 
 use crate::{
-    codec, job::JobError, spawn, spawn::SpawnOptions, Block, Monitor, Pid, ProcessFn, Receiver, Resources, Sender,
-    Spawn,
+    codec, job::JobError, spawn, spawn::SpawnOptions, Monitor, Pid, ProcessFn, Receiver, Resources, Sender, Spawn,
 };
 use futures::Stream;
 use parking_lot::Mutex;
