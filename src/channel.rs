@@ -590,6 +590,10 @@ impl<T: DeserializeOwned> Receiver<T> {
                 Ok(None) => return None,
                 Err(error) => return Some(Err(self.corrupt(error))),
             };
+            if kind == FRAME_DATA && !*mismatched {
+                // The common case, decoded straight into the result.
+                return Some(codec::decode(frames.bytes(payload)).map_err(|e| RecvError::Corrupt(e.to_string())));
+            }
             match Frame::of(kind, frames.bytes(payload), mismatched) {
                 Frame::Skip => {}
                 Frame::Received(result) => return Some(result),
