@@ -318,11 +318,28 @@ fn a_fanout_retries_the_inputs_whose_node_was_lost_while_they_started() {
     running.wait_for_stdout("fanout started", Duration::from_secs(30));
     // A stopped daemon gives no sign that a spawn reached it: give the first
     // round-robin placements a moment to be sent there (they are the fan-out's
-    // first), then kill it before its lease runs out. Left stopped, the job
-    // never ends (see the session note); killed, the master loses it at once.
+    // first), then kill it before its lease runs out, so the master loses it at
+    // once, while they start (the next test leaves it stopped).
     std::thread::sleep(Duration::from_millis(300));
     node.signal(libc::SIGKILL);
     let finished = running.finish();
+    assert_eq!(finished.code, Some(0), "{}\n{}", finished.stderr_text(), cluster.logs());
+    let wrong: Vec<String> =
+        finished.all_stdout().lines().filter(|l| l.starts_with("wrong:")).map(String::from).collect();
+    assert_eq!(finished.line("results:"), "results: 12 of 12 right", "{wrong:?}\n{}", cluster.logs());
+    assert_eq!(finished.line("ips:"), "ips: 127.0.0.2,127.0.0.3");
+    finished.assert_nothing_left();
+}
+
+#[test]
+fn a_fanout_ends_when_a_node_that_takes_its_spawns_stays_stopped() {
+    let cluster = Cluster::three_nodes(&FAST_LEASES);
+    // The last node takes the spawns placed on it (and the job's binary, as far
+    // as its socket buffers go) and never answers: its lease runs out.
+    let node = node_at(&cluster, "127.0.0.4");
+    node.signal(libc::SIGSTOP);
+    let finished = cluster.deploy("cluster_scenarios", &["fanout", "12", "0"]).run();
+    node.signal(libc::SIGKILL);
     assert_eq!(finished.code, Some(0), "{}\n{}", finished.stderr_text(), cluster.logs());
     let wrong: Vec<String> =
         finished.all_stdout().lines().filter(|l| l.starts_with("wrong:")).map(String::from).collect();

@@ -34,6 +34,7 @@ pub mod k8s;
 pub mod logger;
 pub mod master;
 pub mod node;
+mod node_link;
 mod os;
 mod reaper;
 pub mod slurm;

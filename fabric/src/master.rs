@@ -4,13 +4,16 @@
 //! a node each binary once, releases resources when processes end, queues spawns
 //! that wait for room, and watches the nodes' heartbeats: a node silent for its
 //! lease plus a margin is lost, and its processes are reported `Lost` to their
-//! jobs' bridges (by then their monitors have fenced them). A lost node is tried
-//! again until it answers, and then joins as a new one.
+//! jobs' bridges (by then their monitors have fenced them), spawns still on
+//! their way there included. A lost node is tried again until it answers, and
+//! then joins as a new one. Everything sent to a node goes through its
+//! [`NodeLink`]'s thread, so a node that stops reading holds up nothing else.
 
 use crate::{
     auth::{self, Role},
     config::NodeSpec,
-    wire::{read_frame, write_frame, FromNode, ToNode, CHUNK, MAX_FRAME},
+    node_link::{NodeLink, Outgoing},
+    wire::{read_frame, write_frame, FromNode, ToNode, MAX_FRAME},
 };
 use constellation::{
     cluster::{FromScheduler, ProcessImage, ToScheduler},
@@ -19,11 +22,11 @@ use constellation::{
 use parking_lot::Mutex;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    io::{self, Read, Write},
+    io,
     net::{SocketAddr, TcpStream},
     os::unix::net::UnixStream,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -47,10 +50,8 @@ const MAX_BRIDGE_FRAME: usize = 256 << 20;
 /// One node as the master sees it.
 struct NodeState {
     spec: NodeSpec,
-    /// Where processes on it listen: the node's address.
-    writer: Option<Arc<Mutex<TcpStream>>>,
-    /// The binaries it has.
-    binaries: Arc<Mutex<HashSet<String>>>,
+    /// What the master sends it goes through here, while it is connected.
+    link: Option<NodeLink>,
     used_mem: u64,
     used_cpu: f64,
     processes: usize,
@@ -152,8 +153,7 @@ impl Master {
                     .into_iter()
                     .map(|spec| NodeState {
                         spec,
-                        writer: None,
-                        binaries: Arc::new(Mutex::new(HashSet::new())),
+                        link: None,
                         used_mem: 0,
                         used_cpu: 0.0,
                         processes: 0,
@@ -237,12 +237,20 @@ impl Master {
             Err(error) => return Err(format!("the node at {addr}: {error}")),
         };
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let master = Arc::downgrade(self);
+        let unsent = Box::new(move |job, id| {
+            if let Some(master) = Weak::upgrade(&master) {
+                master.lose_unsent(job, id);
+            }
+        });
+        // What it had before it was lost, it has no more (or may not have).
+        let link = NodeLink::start(writer, addr, cached.into_iter().collect(), unsent).map_err(|e| e.to_string())?;
         let generation = {
             let mut nodes = self.nodes.lock();
             let node = &mut nodes[index];
-            node.writer = Some(Arc::new(Mutex::new(writer)));
-            // What it had before it was lost, it has no more (or may not have).
-            *node.binaries.lock() = cached.into_iter().collect();
+            if let Some(stale) = node.link.replace(link) {
+                stale.close();
+            }
             node.reachable = true;
             node.lost = false;
             node.last_heartbeat = Instant::now();
@@ -284,13 +292,10 @@ impl Master {
             };
             match message {
                 FromNode::Heartbeat { seq } => {
-                    let writer = {
-                        let mut nodes = self.nodes.lock();
-                        nodes[index].last_heartbeat = Instant::now();
-                        nodes[index].writer.clone()
-                    };
-                    if let Some(writer) = writer {
-                        let _ = write_frame(&mut *writer.lock(), &ToNode::HeartbeatAck { seq });
+                    let mut nodes = self.nodes.lock();
+                    nodes[index].last_heartbeat = Instant::now();
+                    if let Some(link) = &nodes[index].link {
+                        link.send(Outgoing::Ack(seq));
                     }
                 }
                 FromNode::Started { job, id, port } => {
@@ -333,11 +338,11 @@ impl Master {
                 let mut nodes = self.nodes.lock();
                 let mut lost = Vec::new();
                 for (index, node) in nodes.iter_mut().enumerate() {
-                    if node.writer.is_some() && !node.lost && node.last_heartbeat.elapsed() > limit {
+                    if node.link.is_some() && !node.lost && node.last_heartbeat.elapsed() > limit {
                         node.lost = true;
                         node.reachable = false;
-                        if let Some(writer) = node.writer.take() {
-                            let _ = writer.lock().shutdown(std::net::Shutdown::Both);
+                        if let Some(link) = node.link.take() {
+                            link.close();
                         }
                         lost.push(index);
                     }
@@ -391,11 +396,23 @@ impl Master {
         }
     }
 
-    /// Frees what process `id` of `job` held.
-    fn release(&self, job: u64, id: u64) {
+    /// Frees what process `id` of `job` held; returns whether it held anything
+    /// (it was still placed).
+    fn release(&self, job: u64, id: u64) -> bool {
         let placed = self.state.lock().jobs.get_mut(&job).and_then(|j| j.processes.remove(&id));
-        if let Some((index, resources)) = placed {
-            self.nodes.lock()[index].free(&resources);
+        if let Some((index, resources)) = &placed {
+            self.nodes.lock()[*index].free(resources);
+        }
+        placed.is_some()
+    }
+
+    /// A spawn that could not be sent to its node is lost with it (a fan-out
+    /// places it again elsewhere), unless the node was declared lost first,
+    /// which told the bridge.
+    fn lose_unsent(&self, job: u64, id: u64) {
+        if self.release(job, id) {
+            self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::Lost });
+            self.place_waiting();
         }
     }
 
@@ -456,8 +473,8 @@ impl Master {
         self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
         for node in self.nodes.lock().iter_mut() {
             node.reachable = false;
-            if let Some(writer) = node.writer.take() {
-                let _ = writer.lock().shutdown(std::net::Shutdown::Both);
+            if let Some(link) = node.link.take() {
+                link.close();
             }
         }
     }
@@ -531,12 +548,11 @@ impl Master {
                 nodes[*index].free(resources);
             }
         }
-        for index in hosts {
-            let writer = self.nodes.lock()[index].writer.clone();
-            if let Some(writer) = writer {
-                let _ = write_frame(&mut *writer.lock(), &ToNode::KillJob { job });
-            }
+        let nodes = self.nodes.lock();
+        for link in hosts.into_iter().filter_map(|index| nodes[index].link.as_ref()) {
+            link.send(Outgoing::KillJob(job));
         }
+        drop(nodes);
         log::info!("job {job} ended");
         self.place_waiting();
     }
@@ -587,53 +603,22 @@ impl Master {
         }
     }
 
-    /// Sends a placed spawn to its node, with the job's binary if the node lacks it.
+    /// Queues a placed spawn to its node (which gets the job's binary first if
+    /// it lacks it).
     fn dispatch(&self, dispatch: Dispatch) {
         let Dispatch { node, job, id, image } = dispatch;
-        let (writer, binaries, addr) = {
-            let nodes = self.nodes.lock();
-            (nodes[node].writer.clone(), nodes[node].binaries.clone(), nodes[node].spec.fabric_addr)
-        };
         let Some((hash, binary)) = self.state.lock().jobs.get(&job).map(|j| (j.hash.clone(), j.binary.clone())) else {
-            return self.release(job, id);
-        };
-        let sent = writer.ok_or_else(|| io::Error::other("the node is not connected")).and_then(|writer| {
-            // Under the node's binaries lock, so a binary is sent to a node once
-            // and one at a time; the writer is locked per chunk, so heartbeat
-            // acknowledgements go out during a long upload.
-            let mut binaries = binaries.lock();
-            if !binaries.contains(&hash) {
-                send_binary(&writer, &hash, &binary)?;
-                log::info!("sent binary {hash} to node {addr}");
-                binaries.insert(hash.clone());
-            }
-            drop(binaries);
-            write_frame(&mut *writer.lock(), &ToNode::Spawn { job, id, hash, image })
-        });
-        if let Err(error) = sent {
-            // The node cannot be reached: the process is lost with it, and a
-            // fan-out places it again elsewhere.
-            log::warn!("sending a process to node {addr}: {error}");
             self.release(job, id);
-            self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::Lost });
-        }
-    }
-}
-
-fn send_binary(writer: &Mutex<TcpStream>, hash: &str, path: &PathBuf) -> io::Result<()> {
-    let mut file = std::fs::File::open(path)?;
-    let mut chunk = vec![0u8; CHUNK];
-    let size = file.metadata()?.len();
-    let mut sent = 0u64;
-    loop {
-        let n = file.read(&mut chunk)?;
-        sent += n as u64;
-        let last = n == 0 || sent >= size;
-        let mut writer = writer.lock();
-        write_frame(&mut *writer, &ToNode::BinaryChunk { hash: hash.to_string(), len: n as u32, last })?;
-        writer.write_all(&chunk[..n])?;
-        if last {
-            return Ok(());
+            return;
+        };
+        let nodes = self.nodes.lock();
+        match &nodes[node].link {
+            Some(link) => link.send(Outgoing::Spawn { job, id, hash, binary, image }),
+            None => {
+                log::warn!("sending a process to node {}: the node is not connected", nodes[node].spec.fabric_addr);
+                drop(nodes);
+                self.lose_unsent(job, id);
+            }
         }
     }
 }
