@@ -1,7 +1,8 @@
-//! `Attention`: who reads a peer socket's input. A thread blocked in `recv`
-//! waits in `poll` on the socket and reads it itself; while one does, the I/O
-//! thread leaves that input alone, and stops listening for it altogether until
-//! a task waits on the socket without a thread polling it.
+//! `Attention`: what the I/O thread listens for on a peer's socket. A thread
+//! blocked in `recv` waits in `poll` on the socket and reads it itself; while
+//! one does, the I/O thread leaves that input alone, and stops listening for it
+//! altogether until a task waits on the socket without a thread polling it. It
+//! listens for room to write only while a write waits for it.
 
 use crate::sys;
 use parking_lot::Mutex;
@@ -29,6 +30,10 @@ pub(crate) struct Attention {
     disarmed: AtomicBool,
     /// Whether a task has waited for the input without polling the socket.
     unattended_waiter: AtomicBool,
+    /// Whether the I/O thread listens for room to write. Not always: a Unix
+    /// socket reports room each time its peer reads, which would wake the I/O
+    /// thread for every message.
+    output: AtomicBool,
     /// The socket's place in the I/O thread's epoll set, while it is open.
     registration: Mutex<Option<Registration>>,
 }
@@ -48,6 +53,23 @@ impl Attention {
         let mut bound = self.registration.lock();
         *bound = Some(registration);
         self.disarmed.store(false, Ordering::SeqCst);
+        self.output.store(true, Ordering::SeqCst);
+    }
+
+    /// Has the I/O thread listen for room to write, or stop: called by whoever
+    /// wrote, under the lock of what waits to be written, with whether
+    /// anything still does. Room already there is reported at once.
+    pub(crate) fn want_output(&self, wanted: bool) {
+        if self.output.load(Ordering::Relaxed) == wanted {
+            return;
+        }
+        let bound = self.registration.lock();
+        let Some(r) = *bound else { return };
+        let input = !self.disarmed.load(Ordering::SeqCst);
+        match sys::epoll_listen(r.epoll, r.fd, r.token, input, wanted) {
+            Ok(()) => self.output.store(wanted, Ordering::SeqCst),
+            Err(error) => log::warn!("changing what a connection is watched for: {error}"),
+        }
     }
 
     /// Forgets socket `fd` before it is closed, so its number, once reused, is
@@ -70,7 +92,7 @@ impl Attention {
         let Some(r) = *bound else { return };
         if self.attended()
             && !self.unattended_waiter.load(Ordering::SeqCst)
-            && sys::epoll_listen(r.epoll, r.fd, r.token, false).is_ok()
+            && sys::epoll_listen(r.epoll, r.fd, r.token, false, self.output.load(Ordering::SeqCst)).is_ok()
         {
             self.disarmed.store(true, Ordering::SeqCst);
         }
@@ -111,7 +133,7 @@ impl Attention {
     /// Has the I/O thread listen for input on `r` again; called with the
     /// registration locked.
     fn listen(&self, r: Registration) {
-        if let Err(error) = sys::epoll_listen(r.epoll, r.fd, r.token, true) {
+        if let Err(error) = sys::epoll_listen(r.epoll, r.fd, r.token, true, self.output.load(Ordering::SeqCst)) {
             log::warn!("listening for a connection's input again: {error}");
         }
         self.disarmed.store(false, Ordering::SeqCst);

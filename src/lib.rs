@@ -52,6 +52,7 @@ mod resources;
 mod runtime;
 mod spawn;
 mod sys;
+mod transport;
 mod zygote;
 
 pub use block::{sleep, timeout, Block, Elapsed, Sleep, Timeout};

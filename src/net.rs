@@ -21,10 +21,12 @@ use crate::{
     lane::Lane,
     pid::PidMap,
     proto::{Reply, Request, KIND_MESSAGE},
-    sys, Exit, Pid,
+    sys,
+    transport::{self, Stream},
+    Exit, Pid,
 };
 use mio::{
-    net::{TcpListener, TcpStream, UnixStream},
+    net::{TcpListener, UnixListener, UnixStream},
     Interest, Registry, Token,
 };
 use slab::Slab;
@@ -39,6 +41,7 @@ use std::{
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 pub(crate) const CONTROL: Token = Token(usize::MAX - 3);
+pub(crate) const LOCAL_LISTENER: Token = Token(usize::MAX - 4);
 
 /// Bytes a `Sender` may have queued before `send` waits.
 pub(crate) const SEND_BOUND: usize = 1 << 20;
@@ -67,7 +70,7 @@ enum Phase {
 
 #[derive(Debug)]
 struct Socket {
-    stream: TcpStream,
+    stream: Stream,
     phase: Phase,
     /// The start of a frame not yet complete.
     partial: Vec<u8>,
@@ -152,6 +155,8 @@ pub(crate) struct Net {
     token: u64,
     registry: Registry,
     listener: TcpListener,
+    /// The Unix socket that peers on this host connect to (see [`transport`]).
+    local_listener: Option<UnixListener>,
     sockets: Slab<Socket>,
     pub(crate) peers: PidMap<Peer>,
     dirty: Vec<Pid>,
@@ -185,15 +190,23 @@ impl Net {
         token: u64,
         registry: Registry,
         mut listener: TcpListener,
+        local_listener: Option<UnixListener>,
         mut control: UnixStream,
     ) -> io::Result<Net> {
         registry.register(&mut listener, LISTENER, Interest::READABLE)?;
         registry.register(&mut control, CONTROL, Interest::READABLE | Interest::WRITABLE)?;
+        // Without it, peers on this host connect over TCP.
+        let local_listener = local_listener
+            .map_or_else(|| transport::listen_locally(me.addr()), Ok)
+            .and_then(|mut local| registry.register(&mut local, LOCAL_LISTENER, Interest::READABLE).map(|()| local))
+            .inspect_err(|error| log::debug!("listening on a Unix socket: {error}"))
+            .ok();
         Ok(Net {
             me,
             token,
             registry,
             listener,
+            local_listener,
             sockets: Slab::new(),
             peers: PidMap::default(),
             dirty: Vec::new(),
@@ -216,7 +229,8 @@ impl Net {
     /// read to its end whoever waits on it.
     pub(crate) fn on_event(&mut self, token: Token, readable: bool, writable: bool, closed: bool) {
         match token {
-            LISTENER => self.accept_all(),
+            LISTENER => self.accept_all(false),
+            LOCAL_LISTENER => self.accept_all(true),
             CONTROL => {
                 if writable {
                     self.flush_control();
@@ -292,7 +306,7 @@ impl Net {
         if peer.sock.is_some() || peer.connecting.is_some() || peer.gone() {
             return;
         }
-        let mut stream = match TcpStream::connect(pid.addr()) {
+        let mut stream = match Stream::connect(pid.addr(), self.me.addr()) {
             Ok(stream) => stream,
             Err(error) => {
                 log::debug!("connecting to {pid}: {error}");
@@ -300,7 +314,6 @@ impl Net {
                 return;
             }
         };
-        let _ = stream.set_nodelay(true);
         let entry = self.sockets.vacant_entry();
         let key = entry.key();
         if let Err(error) = self.registry.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
@@ -457,7 +470,10 @@ impl Net {
         while !socket.ctl_out.is_empty() {
             match socket.stream.write(&socket.ctl_out) {
                 Ok(n) => drop(socket.ctl_out.drain(..n)),
-                Err(e) if would_block(&e) => return,
+                Err(e) if would_block(&e) => {
+                    peer.attention.want_output(true);
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     failed = Some(e);
@@ -471,6 +487,9 @@ impl Net {
             if let Err(error) = lane.out.write_to(&mut socket.stream) {
                 failed = Some(error);
             }
+            // What is left waits for room (a sender that writes itself leaves
+            // what it could not write to the I/O thread, which comes here).
+            peer.attention.want_output(lane.out.queued() > 0);
         }
         if lane.out.queued() < before {
             self.to_wake.extend(lane.send_waker.take());
@@ -514,8 +533,12 @@ impl Net {
             .values()
             .filter(|p| !p.gone())
             .map(|p| {
-                let kernel =
-                    p.sock.and_then(|key| sys::unsent_bytes(self.sockets[key].stream.as_raw_fd()).ok()).unwrap_or(0);
+                let kernel = p
+                    .sock
+                    .map(|key| &self.sockets[key].stream)
+                    .filter(|stream| stream.may_hold_unsent())
+                    .and_then(|stream| sys::unsent_bytes(stream.as_raw_fd()).ok())
+                    .unwrap_or(0);
                 p.queued() + kernel
             })
             .sum();
@@ -525,35 +548,38 @@ impl Net {
 
     // ---- sockets ----
 
-    fn accept_all(&mut self) {
+    /// Serves the connections waiting in the backlog of the TCP listener, or of
+    /// the `local` one.
+    fn accept_all(&mut self, local: bool) {
         loop {
-            match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let entry = self.sockets.vacant_entry();
-                    let key = entry.key();
-                    match self.registry.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
-                        Ok(()) => {
-                            entry.insert(Socket {
-                                stream,
-                                phase: Phase::AwaitHello,
-                                partial: Vec::new(),
-                                ctl_out: Vec::new(),
-                            });
-                            self.read_socket(key, true);
-                        }
-                        Err(error) => log::warn!("registering an accepted connection: {error}"),
-                    }
-                }
+            let accepted = match (local, &self.local_listener) {
+                (false, _) => self.listener.accept().map(|(stream, _)| Stream::accepted(stream)),
+                (true, Some(listener)) => listener.accept().map(|(stream, _)| Stream::local(stream)),
+                (true, None) => return,
+            };
+            match accepted {
+                Ok(stream) => self.add_accepted(stream),
                 Err(e) if would_block(&e) => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
                 Err(error) => {
                     // Out of fds or memory: leave the rest in the backlog for the next event.
                     log::warn!("accepting a connection: {error}");
                     return;
                 }
             }
+        }
+    }
+
+    /// Serves a connection a listener accepted: its HELLO may be there already.
+    fn add_accepted(&mut self, mut stream: Stream) {
+        let entry = self.sockets.vacant_entry();
+        let key = entry.key();
+        match self.registry.register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+            Ok(()) => {
+                entry.insert(Socket { stream, phase: Phase::AwaitHello, partial: Vec::new(), ctl_out: Vec::new() });
+                self.read_socket(key, true);
+            }
+            Err(error) => log::warn!("registering an accepted connection: {error}"),
         }
     }
 
@@ -966,7 +992,8 @@ impl Net {
     /// in the listen backlog or being read: take them in first, so what it sent
     /// is received before its end is.
     fn on_ended(&mut self, pid: Pid) {
-        self.accept_all();
+        self.accept_all(false);
+        self.accept_all(true);
         let waiting: Vec<usize> =
             self.sockets.iter().filter(|(_, s)| s.phase == Phase::AwaitHello).map(|(key, _)| key).collect();
         for key in waiting {

@@ -11,7 +11,9 @@ use crate::{
     net::{Net, WAKER},
     proto::{Hello, Start, FDS_VAR, FORMAT_VAR},
     reactor::{self, TimerSlot, Timers},
-    spawn, sys, zygote, Pid, Resources,
+    spawn, sys,
+    transport::{self, Listeners},
+    zygote, Pid, Resources,
 };
 use mio::Poll;
 use parking_lot::Mutex;
@@ -198,6 +200,8 @@ fn start_job(resources: Resources) {
     let listener =
         sys::bind_loopback().unwrap_or_else(|e| fail("cannot bind a port on 127.0.0.1 for the top process", e));
     let addr = listener.local_addr().unwrap_or_else(|e| fail("reading the top process's port", e));
+    let local = transport::bind_local(&listener).ok();
+    let listeners = Listeners { tcp: listener, local };
     let top = Pid::new(addr, 1);
     let token = sys::random_u64();
     let (monitor_bridge, monitor_end) = UnixStream::pair().unwrap_or_else(|e| fail("making a socket pair", e));
@@ -207,7 +211,7 @@ fn start_job(resources: Resources) {
     // SAFETY: init checked that this process has a single thread.
     match unsafe { sys::fork() }.unwrap_or_else(|e| fail("cannot fork the top process", e)) {
         sys::Fork::Parent(child) => {
-            drop((monitor_end, control_end, stdin_read, listener));
+            drop((monitor_end, control_end, stdin_read, listeners));
             bridge::run(bridge::Setup {
                 top,
                 top_monitor: child,
@@ -236,7 +240,7 @@ fn start_job(resources: Resources) {
                 cgroup,
                 closure: None,
             };
-            become_process(start, monitor_end, control_end, listener, Some(stdin_read), None);
+            become_process(start, monitor_end, control_end, listeners, Some(stdin_read), None);
         }
     }
 }
@@ -269,24 +273,27 @@ fn start_spawned(fds: &str) {
         }
         None => (fds.split(',').filter_map(|fd| fd.parse().ok()).collect(), None),
     };
-    let (channels, listener_fd, start_fd, lease_fd) = match fds[..] {
-        [monitor, control, listener, start] if monitor >= 0 && control >= 0 => {
-            (Some((monitor, control)), listener, start, None)
+    let (channels, listener_fd, local_fd, start_fd, lease_fd) = match fds[..] {
+        [monitor, control, listener, local, start] if monitor >= 0 && control >= 0 => {
+            (Some((monitor, control)), listener, Some(local), start, None)
         }
-        [-1, -1, listener, start, lease] => (None, listener, start, Some(lease)),
+        [-1, -1, listener, start, lease] => (None, listener, None, start, Some(lease)),
         _ => {
             panic!("constellation: {FDS_VAR} is set but malformed; it is set by the bridge for spawned processes only")
         }
     };
     // SAFETY: whoever exec'd this process passed these fds to it alone.
-    let (listener, start_file, lease) = unsafe {
+    let (listeners, start_file, lease) = unsafe {
         (
-            TcpListener::from_raw_fd(listener_fd),
+            Listeners {
+                tcp: TcpListener::from_raw_fd(listener_fd),
+                local: local_fd.map(|fd| std::os::unix::net::UnixListener::from_raw_fd(fd)),
+            },
             File::from_raw_fd(start_fd),
             lease_fd.map(|fd| OwnedFd::from_raw_fd(fd)),
         )
     };
-    for fd in [Some(listener_fd), lease_fd].into_iter().flatten() {
+    for fd in [Some(listener_fd), local_fd, lease_fd].into_iter().flatten() {
         if let Err(error) = sys::set_cloexec(fd) {
             fail("setting close-on-exec on an inherited fd", error);
         }
@@ -316,11 +323,11 @@ fn start_spawned(fds: &str) {
             // SAFETY: the bridge passed these fds to this process alone.
             unsafe { (UnixStream::from_raw_fd(monitor), UnixStream::from_raw_fd(control)) }
         }
-        None => connect_to_bridge(&start, &listener),
+        None => connect_to_bridge(&start, &listeners.tcp),
     };
     let parent = start.parent;
     let closure = start.closure.clone();
-    become_process(start, monitor_end, control_end, listener, None, lease);
+    become_process(start, monitor_end, control_end, listeners, None, lease);
     let Some((entry, arg)) = closure else {
         // The top process of a deployed job: run main.
         return;
@@ -358,7 +365,7 @@ fn become_process(
     start: Start,
     monitor_end: UnixStream,
     control: UnixStream,
-    listener: TcpListener,
+    listeners: Listeners,
     stdin: Option<OwnedFd>,
     lease: Option<OwnedFd>,
 ) {
@@ -380,7 +387,7 @@ fn become_process(
     // SAFETY: init checked that this process has a single thread.
     match unsafe { sys::fork() }.unwrap_or_else(|e| fail("cannot fork the process from its monitor", e)) {
         sys::Fork::Parent(child) => {
-            drop((out_write, err_write, panic_write, control, listener, stdin));
+            drop((out_write, err_write, panic_write, control, listeners, stdin));
             sys::ignore_signal(libc::SIGINT);
             monitor::run(monitor::Setup {
                 child,
@@ -416,19 +423,23 @@ fn become_process(
             if let Err(error) = sys::enter_limits(&start.cgroup, &start.resources, hard_cpu) {
                 log::warn!("limiting this process's memory: {error}");
             }
-            start_runtime(start, control, listener, panic_write);
+            start_runtime(start, control, listeners, panic_write);
         }
     }
 }
 
 /// Sets up the runtime of the user's process and its I/O thread.
-fn start_runtime(start: Start, control: UnixStream, listener: TcpListener, panic_write: OwnedFd) {
+fn start_runtime(start: Start, control: UnixStream, listeners: Listeners, panic_write: OwnedFd) {
+    let Listeners { tcp: listener, local } = listeners;
     let me = listener
         .local_addr()
         .map(|addr| Pid::new(addr, start.incarnation))
         .unwrap_or_else(|e| fail("reading this process's port", e));
     let setup = || -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
+        if let Some(local) = &local {
+            local.set_nonblocking(true)?;
+        }
         control.set_nonblocking(true)?;
         let poll = Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
@@ -437,6 +448,7 @@ fn start_runtime(start: Start, control: UnixStream, listener: TcpListener, panic
             start.token,
             poll.registry().try_clone()?,
             mio::net::TcpListener::from_std(listener),
+            local.map(mio::net::UnixListener::from_std),
             mio::net::UnixStream::from_std(control),
         )?;
         let runtime = Runtime {

@@ -4,8 +4,8 @@
 //! The zygote is one process of the program that the bridge execs once, with the
 //! arguments, environment and working directory of the job's first spawn. It goes
 //! through `init` like any spawned process and then waits for orders: each one
-//! carries the four fds of a new process (monitor and control connections,
-//! listening socket, spawn arguments), and the zygote forks. The forked process
+//! carries the five fds of a new process (monitor and control connections, its
+//! TCP and Unix listening sockets, spawn arguments), and the zygote forks. The forked process
 //! continues exactly as an exec'd one would from there, so a spawn skips the exec
 //! and the dynamic loader, which are most of its cost. A spawn whose arguments,
 //! environment or working directory differ from the zygote's is exec'd.
@@ -32,7 +32,7 @@ use std::{
 const ZYGOTE_PREFIX: &str = "zygote,";
 
 /// The fds a process gets from whoever starts it, in this order.
-pub(crate) type StartFds = [RawFd; 4];
+pub(crate) type StartFds = [RawFd; 5];
 
 /// Execs the job's program with `env` in process group `group`, handing it `fds`
 /// through `FDS_VAR` set to `fds_var`. The fds are made inheritable: the caller
@@ -155,7 +155,7 @@ pub(crate) fn serve(socket: RawFd, bridge: OsPid) -> (StartFds, OsPid) {
                 sys::exit_now(1)
             }
         };
-        let Ok(fds) = <[OwnedFd; 4]>::try_from(fds) else {
+        let Ok(fds) = <[OwnedFd; 5]>::try_from(fds) else {
             continue;
         };
         // SAFETY: the zygote never starts a thread.

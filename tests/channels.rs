@@ -1,4 +1,4 @@
-//! Channels between real processes: many peers, all-to-all, select with a timeout,
+//! Channels between real processes: their transport, many peers, all-to-all, select with a timeout,
 //! misuse, ended peers, delivery before exit, backpressure and type checks.
 mod util;
 use util::Job;
@@ -9,6 +9,17 @@ fn ten_children_each_receive_and_send() {
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     let expected: Vec<u64> = (1..=3u64).flat_map(|round| (0..10).map(move |i| round * 10 + i)).collect();
     assert_eq!(job.line("answers: "), format!("answers: {expected:?}"));
+}
+
+#[test]
+fn processes_on_one_host_talk_over_a_unix_socket() {
+    // The child is spawned and sent to at once, before it runs: its Unix socket
+    // must exist already.
+    let job = Job::new("scenarios", &["connections"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("received: "), "received: Ok(2)");
+    assert_eq!(job.line("tcp connections: "), "tcp connections: 0");
+    assert_eq!(job.line("unix sockets: "), "unix sockets: some");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use crate::{
     codec,
     proto::{Command, Environment, Hello, MailTo, Reply, Report, Request, SpawnRequest, Start, KIND_MESSAGE},
     sys::{self, OsPid},
+    transport,
     zygote::{self, Zygote},
     ExitStatus, Pid, Resources, SpawnError, SpawnOptions,
 };
@@ -765,6 +766,7 @@ impl Bridge {
         let failed = |what: &str, error: io::Error| SpawnError::Failed(format!("{what}: {error}"));
         let listener = sys::bind_loopback().map_err(|e| failed("cannot bind a port on 127.0.0.1", e))?;
         let addr = listener.local_addr().map_err(|e| failed("reading the new port", e))?;
+        let local = transport::bind_local(&listener).map_err(|e| failed("cannot bind the process's Unix socket", e))?;
         let pid = Pid::new(addr, self.next_incarnation);
         self.next_incarnation += 1;
         let (monitor_bridge, monitor_end) =
@@ -785,18 +787,24 @@ impl Bridge {
         };
         let start = codec::encode(&start).map_err(|e| SpawnError::Failed(e.to_string()))?;
         let start = sys::memfd_with(&start).map_err(|e| failed("making the spawn argument file", e))?;
-        let fds = [monitor_end.as_raw_fd(), control_end.as_raw_fd(), listener.as_raw_fd(), start.as_raw_fd()];
+        let fds = [
+            monitor_end.as_raw_fd(),
+            control_end.as_raw_fd(),
+            listener.as_raw_fd(),
+            local.as_raw_fd(),
+            start.as_raw_fd(),
+        ];
         // Forked from the zygote, the monitor is not this bridge's child: its
         // end shows as its connection closing.
         let monitor_os_pid = if self.zygote_for(env).is_some_and(|zygote| zygote.fork(&fds).is_ok()) {
             None
         } else {
-            let fds_var = format!("{},{},{},{}", fds[0], fds[1], fds[2], fds[3]);
+            let fds_var = fds.map(|fd| fd.to_string()).join(",");
             let child = zygote::exec_program(env, self.job_group, &fds, &fds_var)
                 .map_err(|e| failed("cannot start the process", e))?;
             Some(OsPid(child.id() as i32))
         };
-        drop((monitor_end, control_end, listener, start));
+        drop((monitor_end, control_end, listener, local, start));
         let added = self.add_process(pid, monitor_os_pid, resources).and_then(|()| {
             self.procs.get_mut(&pid).expect("added above").cgroup = Some(cgroup);
             self.attach(pid, monitor_bridge, Role::Monitor)?;

@@ -194,12 +194,16 @@ pub(crate) fn ignore_signal(signal: i32) {
 }
 
 /// Changes what the epoll set `epoll` reports for socket `fd` (registered
-/// edge-triggered by mio under `token`): output and the peer's close always,
-/// input when `input`. Re-enabling input reports input already there at once.
-pub(crate) fn epoll_listen(epoll: RawFd, fd: RawFd, token: usize, input: bool) -> io::Result<()> {
-    let mut events = libc::EPOLLET | libc::EPOLLOUT | libc::EPOLLRDHUP;
+/// edge-triggered by mio under `token`): the peer's close always, input when
+/// `input`, room to write when `output`. Re-enabling either reports what is
+/// there already at once.
+pub(crate) fn epoll_listen(epoll: RawFd, fd: RawFd, token: usize, input: bool, output: bool) -> io::Result<()> {
+    let mut events = libc::EPOLLET | libc::EPOLLRDHUP;
     if input {
         events |= libc::EPOLLIN;
+    }
+    if output {
+        events |= libc::EPOLLOUT;
     }
     let mut event = libc::epoll_event { events: events as u32, u64: token as u64 };
     // SAFETY: event is a valid epoll_event for the call; both fds are plain ints.
@@ -331,6 +335,23 @@ pub(crate) fn reap_any() -> Option<(OsPid, Option<WaitStatus>)> {
         pid if pid > 0 => Some((OsPid(pid), decode_wait(status))),
         _ => None,
     }
+}
+
+/// Asks for a send buffer of `bytes` on a socket (the kernel caps it at
+/// `net.core.wmem_max`).
+pub(crate) fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: SO_SNDBUF reads one int from the pointer, valid for its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
 }
 
 /// Bytes written to a socket that the kernel has not yet sent (`SIOCOUTQNSD`).

@@ -64,6 +64,32 @@ fn cgroup_of_a_child(mem: Mem, hog: bool) -> String {
     report
 }
 
+/// How many of this process's sockets are TCP connections (not listeners),
+/// and how many are Unix sockets.
+fn own_sockets() -> (usize, usize) {
+    let inodes: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(String::from))
+        .collect();
+    let count = |table: &str, inode_column: usize, connected: &dyn Fn(&[&str]) -> bool| {
+        std::fs::read_to_string(table)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|row| row.get(inode_column).is_some_and(|inode| inodes.iter().any(|i| i == inode)))
+            .filter(|row| connected(row))
+            .count()
+    };
+    // /proc/net/tcp: `st` (4th column) 01 is ESTABLISHED; the inode is the 10th.
+    let tcp = count("/proc/self/net/tcp", 9, &|row| row[3] == "01");
+    // /proc/net/unix: the inode is the 7th column.
+    let unix = count("/proc/self/net/unix", 6, &|_| true);
+    (tcp, unix)
+}
+
 /// Touches 400 MiB, 10 MiB at a time.
 fn hog_memory() {
     let mut hog: Vec<Vec<u8>> = Vec::new();
@@ -446,6 +472,28 @@ fn main() {
                 got.push(value.unwrap());
             }
             println!("other executor: {got:?}");
+        }
+        "connections" => {
+            // A ping-pong with a child, then this process's sockets.
+            let child = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let receiver = Receiver::<u64>::new(parent);
+                    let value = receiver.recv().block().unwrap();
+                    Sender::<u64>::new(parent).send(value + 1).block();
+                    // Stays until the parent has looked.
+                    let _ = receiver.recv().block();
+                }),
+            )
+            .block()
+            .unwrap();
+            let sender = Sender::<u64>::new(child);
+            sender.send(1).block();
+            println!("received: {:?}", Receiver::<u64>::new(child).recv().block());
+            let (tcp, unix) = own_sockets();
+            println!("tcp connections: {tcp}");
+            println!("unix sockets: {}", if unix > 0 { "some" } else { "none" });
+            sender.send(0).block();
         }
         "byte_vectors" => {
             // Byte vectors of every size class (large ones are queued without a
