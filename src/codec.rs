@@ -118,6 +118,7 @@ fn is_byte_vec<T: ?Sized>() -> bool {
 }
 
 /// Appends a frame of `kind` holding `value` to `buf`. On error `buf` is unchanged.
+#[inline]
 pub(crate) fn append_frame<T: Serialize + ?Sized>(buf: &mut Vec<u8>, kind: u8, value: &T) -> Result<(), CodecError> {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0, 0, 0, kind]);

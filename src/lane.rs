@@ -89,6 +89,7 @@ impl Lane {
 
     /// The fast path of a send: appends the frames `append` writes unless the
     /// buffer is full.
+    #[inline]
     pub(crate) fn try_append(
         &self,
         append: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
@@ -113,6 +114,7 @@ impl Lane {
     }
 
     /// Marks the lane dirty after a value was queued, and says what `Net` must do.
+    #[inline]
     fn queued_one(&self, mut state: MutexGuard<'_, LaneState>, was_empty: bool) -> Appended {
         let newly_dirty = !std::mem::replace(&mut state.dirty, true);
         drop(state);
