@@ -168,6 +168,7 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
             net.flush_dirty();
             net.flush_requests();
             wake.append(&mut net.to_wake);
+            runtime.progress.notify_all();
         }
         next_deadline = runtime.timers.lock().fire_expired(Instant::now(), &mut wake);
         for waker in wake.drain(..) {

@@ -16,7 +16,7 @@ use crate::{
     zygote, Pid, Resources,
 };
 use mio::Poll;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::{
     fs::File,
     io::{Read, Write},
@@ -38,6 +38,9 @@ pub(crate) struct Runtime {
     pub(crate) me: Pid,
     pub(crate) resources: Resources,
     pub(crate) net: Mutex<Net>,
+    /// Notified by the I/O thread each time it has handled events, for the exit
+    /// flush to wait on (a handshake answered, room to write).
+    pub(crate) progress: Condvar,
     pub(crate) timers: Mutex<Timers>,
     waker: mio::Waker,
 }
@@ -455,6 +458,7 @@ fn start_runtime(start: Start, control: UnixStream, listeners: Listeners, panic_
             me,
             resources: start.resources,
             net: Mutex::new(net),
+            progress: Condvar::new(),
             timers: Mutex::new(Timers::default()),
             waker,
         };
@@ -486,14 +490,12 @@ extern "C" fn flush_at_exit() {
     let Some(runtime) = RUNTIME.get() else { return };
     let mut least = usize::MAX;
     let mut progress_at = Instant::now();
+    let mut net = runtime.net.lock();
     loop {
-        let unsent = {
-            let mut net = runtime.net.lock();
-            net.flush_dirty();
-            net.unsent()
-        };
+        net.flush_dirty();
+        let unsent = net.unsent();
         if unsent == 0 {
-            runtime.net.lock().discard_input();
+            net.discard_input();
             return;
         }
         if unsent < least {
@@ -503,6 +505,8 @@ extern "C" fn flush_at_exit() {
             log::warn!("exiting with {unsent} bytes not delivered: the receiving processes are not reading");
             return;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        // Until the I/O thread has handled what came (the answer to a
+        // handshake, room to write), or a moment has passed.
+        runtime.progress.wait_for(&mut net, Duration::from_millis(1));
     }
 }
