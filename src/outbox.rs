@@ -9,8 +9,10 @@ use std::{
 
 /// Frames are appended to the last chunk until it holds this many bytes.
 const CHUNK: usize = 64 * 1024;
-/// An emptied chunk up to this size is kept for reuse.
-const KEEP: usize = 16 * 1024;
+/// An emptied chunk up to this size is kept for reuse: a stream of small values,
+/// written 16 KiB at a time by its sender (see `lane`), then appends to the
+/// same 32 KiB allocation, instead of growing a new one each time.
+const KEEP: usize = 32 * 1024;
 // A pushed chunk is at least this full, so frames appended after it start a
 // chunk of their own instead of growing it.
 const _: () = assert!(crate::codec::OWNED_BYTES >= CHUNK);
