@@ -200,11 +200,10 @@ fn start_job(resources: Resources) {
         Err(_) => false,
     };
     remove_own_variables();
-    let listener =
-        sys::bind_loopback().unwrap_or_else(|e| fail("cannot bind a port on 127.0.0.1 for the top process", e));
+    let (listener, local) = transport::bind_loopback()
+        .unwrap_or_else(|e| fail("cannot bind a port on 127.0.0.1 and its Unix socket for the top process", e));
     let addr = listener.local_addr().unwrap_or_else(|e| fail("reading the top process's port", e));
-    let local = transport::bind_local(&listener).ok();
-    let listeners = Listeners { tcp: listener, local };
+    let listeners = Listeners { tcp: listener, local: Some(local) };
     let top = Pid::new(addr, 1);
     let token = sys::random_u64();
     let (monitor_bridge, monitor_end) = UnixStream::pair().unwrap_or_else(|e| fail("making a socket pair", e));

@@ -55,14 +55,34 @@ pub(crate) struct Listeners {
     pub(crate) local: Option<std::os::unix::net::UnixListener>,
 }
 
-/// Binds the Unix socket of the process whose TCP listener is `tcp`.
-pub(crate) fn bind_local(tcp: &std::net::TcpListener) -> io::Result<std::os::unix::net::UnixListener> {
-    std::os::unix::net::UnixListener::bind_addr(&local_name(tcp.local_addr()?)?)
+/// Binds a new process's listeners on 127.0.0.1: an ephemeral TCP port, and
+/// the Unix socket named after it. A port whose name is taken (by a process
+/// that kept its Unix socket and closed its port) is passed over.
+pub(crate) fn bind_loopback() -> io::Result<(std::net::TcpListener, std::os::unix::net::UnixListener)> {
+    let mut passed_over = Vec::new();
+    loop {
+        let tcp = sys::bind_loopback()?;
+        match bind_local(&tcp) {
+            Ok(local) => return Ok((tcp, local)),
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse && passed_over.len() < 8 => passed_over.push(tcp),
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Binds the Unix socket of the process whose TCP listener is `tcp`, with the
+/// same long backlog.
+fn bind_local(tcp: &std::net::TcpListener) -> io::Result<std::os::unix::net::UnixListener> {
+    let local = std::os::unix::net::UnixListener::bind_addr(&local_name(tcp.local_addr()?)?)?;
+    sys::listen(local.as_raw_fd())?;
+    Ok(local)
 }
 
 /// Listens on the Unix socket of the process whose TCP listener is at `addr`.
 pub(crate) fn listen_locally(addr: SocketAddr) -> io::Result<UnixListener> {
-    UnixListener::bind_addr(&local_name(addr)?)
+    let local = UnixListener::bind_addr(&local_name(addr)?)?;
+    sys::listen(local.as_raw_fd())?;
+    Ok(local)
 }
 
 impl Stream {
@@ -166,5 +186,31 @@ impl Source for Stream {
             Stream::Tcp(stream) => stream.deregister(registry),
             Stream::Local(stream) => stream.deregister(registry),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_local(stream: &Stream) -> bool {
+        matches!(stream, Stream::Local(_))
+    }
+
+    #[test]
+    fn a_peer_on_this_host_is_reached_over_its_unix_socket_else_over_tcp() {
+        let (me, _my_local) = bind_loopback().unwrap();
+        let me = me.local_addr().unwrap();
+        let (with_socket, _local) = bind_loopback().unwrap();
+        assert!(is_local(&Stream::connect(with_socket.local_addr().unwrap(), me).unwrap()));
+        // A process listening on TCP only (a deployed one not yet started, or
+        // one in another network namespace) is reached over TCP.
+        let tcp_only = sys::bind_loopback().unwrap();
+        assert!(!is_local(&Stream::connect(tcp_only.local_addr().unwrap(), me).unwrap()));
+        // So is one at another address, even if a Unix socket has its name here.
+        let other_ip: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        let _squatter = listen_locally(other_ip).unwrap();
+        let elsewhere = Stream::connect(other_ip, me);
+        assert!(elsewhere.as_ref().map_or(true, |stream| !is_local(stream)));
     }
 }

@@ -764,9 +764,9 @@ impl Bridge {
             }
         }
         let failed = |what: &str, error: io::Error| SpawnError::Failed(format!("{what}: {error}"));
-        let listener = sys::bind_loopback().map_err(|e| failed("cannot bind a port on 127.0.0.1", e))?;
+        let (listener, local) =
+            transport::bind_loopback().map_err(|e| failed("cannot bind a port on 127.0.0.1 and its Unix socket", e))?;
         let addr = listener.local_addr().map_err(|e| failed("reading the new port", e))?;
-        let local = transport::bind_local(&listener).map_err(|e| failed("cannot bind the process's Unix socket", e))?;
         let pid = Pid::new(addr, self.next_incarnation);
         self.next_incarnation += 1;
         let (monitor_bridge, monitor_end) =

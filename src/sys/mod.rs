@@ -542,9 +542,14 @@ pub(crate) fn bind_loopback() -> io::Result<std::net::TcpListener> {
 /// backlog.
 pub(crate) fn bind_ephemeral(ip: std::net::IpAddr) -> io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind((ip, 0))?;
-    // SAFETY: listen on a listening socket only changes its backlog.
-    cvt(unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) })?;
+    listen(listener.as_raw_fd())?;
     Ok(listener)
+}
+
+/// Gives listening socket `fd` a long backlog (many processes may connect at once).
+pub(crate) fn listen(fd: RawFd) -> io::Result<()> {
+    // SAFETY: listen on a listening socket only changes its backlog.
+    cvt(unsafe { libc::listen(fd, LISTEN_BACKLOG) }).map(drop)
 }
 
 /// Limits the process's CPU time: SIGXCPU at `limit`, SIGKILL a second later.
