@@ -138,6 +138,18 @@ fn main() {
             let mut seen = expect_events(&events, 5);
             seen.sort();
             println!("lives: {}", seen.join(", "));
+            // A child's last event comes before its end: stop only once the
+            // supervisor has seen both ends (the temporary child is gone from
+            // its list, the transient one has no process).
+            let handle = SupervisorHandle::new(supervisor);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !handle.which_children().unwrap().iter().all(|c| match c.name.as_str() {
+                "temporary_bad" | "transient_ok" => c.pid.is_none(),
+                _ => true,
+            }) {
+                assert!(std::time::Instant::now() < deadline, "the supervisor never saw the ends");
+                std::thread::sleep(Duration::from_millis(5));
+            }
             stop(supervisor);
         }
         "permanent_normal_exit" => {
