@@ -73,6 +73,13 @@ fn a_slow_receiver_does_not_grow_the_senders_memory() {
 }
 
 #[test]
+fn small_values_get_past_a_full_socket_in_order() {
+    let job = Job::new("scenarios", &["small_values_past_a_full_socket"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("received "), "received 3000000 in order true, then Err(SenderDropped)");
+}
+
+#[test]
 fn a_type_mismatch_is_an_error() {
     let job = Job::new("scenarios", &["type_mismatch"]).run();
     assert_eq!(job.line("recv: "), "recv: Err(TypeMismatch { expected: \"u64\", found: \"alloc::string::String\" })");

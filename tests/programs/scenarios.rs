@@ -377,6 +377,27 @@ fn main() {
             }
             println!("received {} MiB", total >> 20);
         }
+        "small_values_past_a_full_socket" => {
+            // Far more small values than the socket holds, while the receiver
+            // is not reading yet: the sender's own writes fill the socket, and
+            // the rest goes out as room comes.
+            const N: u64 = 3_000_000;
+            let child = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let sender = Sender::<u64>::new(parent);
+                    for i in 0..N {
+                        sender.send(i).block();
+                    }
+                }),
+            )
+            .block()
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            let receiver = Receiver::<u64>::new(child);
+            let in_order = (0..N).all(|i| receiver.recv().block() == Ok(i));
+            println!("received {N} in order {in_order}, then {:?}", receiver.recv().block());
+        }
         "receiver_reopened" => {
             // Small values are taken from the connection many at a time: those a
             // dropped Receiver took and did not receive go to the next one, in order.
