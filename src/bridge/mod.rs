@@ -773,7 +773,18 @@ impl Bridge {
             std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
         let (control_bridge, control_end) =
             std::os::unix::net::UnixStream::pair().map_err(|e| failed("making a socket pair", e))?;
-        let cgroup = self.prepared.pop().unwrap_or_else(|| self.cgroup_name(pid.incarnation()));
+        let cgroup = match self.prepared.pop() {
+            Some(prepared) => prepared,
+            None => {
+                // Made here, one at a time: processes that make their own at
+                // once contend for the parent directory's lock.
+                let name = self.cgroup_name(pid.incarnation());
+                if self.cgroups_made.is_some() {
+                    sys::prepare_cgroup(&name);
+                }
+                name
+            }
+        };
         let start = Start {
             incarnation: pid.incarnation(),
             cgroup: cgroup.clone(),

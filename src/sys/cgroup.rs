@@ -92,11 +92,19 @@ pub(crate) fn prepare(name: &str) -> bool {
 /// moving itself needs no such lock. In v2, a domain cgroup only takes whole
 /// processes.
 fn enter(dir: &Path, settings: &[(&str, String)], v2: bool) -> io::Result<()> {
-    match fs::create_dir(dir) {
-        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
-        _ => {}
+    let apply = || settings.iter().try_for_each(|(file, value)| fs::write(dir.join(file), value));
+    // Usually the bridge made it: trying `mkdir` anyway would take the parent
+    // directory's lock, which every process starting at once contends for.
+    match apply() {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            match fs::create_dir(dir) {
+                Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
+                _ => {}
+            }
+            apply()?;
+        }
+        result => result?,
     }
-    settings.iter().try_for_each(|(file, value)| fs::write(dir.join(file), value))?;
     if v2 {
         fs::write(dir.join("cgroup.procs"), super::getpid().0.to_string())
     } else {
