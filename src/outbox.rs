@@ -7,7 +7,7 @@ use std::{
     io::{self, IoSlice, Write},
 };
 
-/// Frames are appended to the last chunk until it holds this many bytes.
+/// Frames are appended to the open chunk until it holds this many bytes.
 const CHUNK: usize = 64 * 1024;
 /// An emptied chunk up to this size is kept for reuse: a stream of small values,
 /// written 16 KiB at a time by its sender (see `lane`), then appends to the
@@ -23,8 +23,13 @@ const MAX_SLICES: usize = 64;
 /// Bytes queued for a peer, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
+    /// Chunks no longer appended to (filled ones, and large values), oldest first.
     chunks: VecDeque<Vec<u8>>,
-    /// How much of the first chunk is already written.
+    /// The chunk frames are appended to, queued after `chunks`: kept out of the
+    /// deque, so an append touches no deque.
+    open: Vec<u8>,
+    /// How much of the first queued buffer (the first chunk, else `open`) is
+    /// already written.
     head_written: usize,
     /// Bytes queued and not yet written.
     queued: usize,
@@ -40,14 +45,20 @@ impl Outbox {
     /// is given and reports how it went; on error it must leave the buffer as it was.
     #[inline]
     pub(crate) fn append<E>(&mut self, append: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
-        if self.chunks.back().is_none_or(|last| last.len() >= CHUNK) {
-            self.chunks.push_back(Vec::new());
+        if self.open.len() >= CHUNK {
+            self.close_open();
         }
-        let last = self.chunks.back_mut().expect("pushed above");
-        let before = last.len();
-        let result = append(last);
-        self.queued += last.len() - before;
+        let before = self.open.len();
+        let result = append(&mut self.open);
+        self.queued += self.open.len() - before;
         result
+    }
+
+    /// Moves the open chunk, if it holds anything, behind the closed ones.
+    fn close_open(&mut self) {
+        if !self.open.is_empty() {
+            self.chunks.push_back(std::mem::take(&mut self.open));
+        }
     }
 
     /// Queues `header`, then `chunk` as it is: a large value, never copied
@@ -57,6 +68,7 @@ impl Outbox {
             buf.extend_from_slice(header);
             Ok::<(), ()>(())
         });
+        self.close_open();
         if !chunk.is_empty() {
             self.queued += chunk.len();
             self.chunks.push_back(chunk);
@@ -68,9 +80,11 @@ impl Outbox {
     pub(crate) fn write_to(&mut self, to: &mut impl Write) -> io::Result<bool> {
         let mut progressed = false;
         while self.queued > 0 {
+            let open = (!self.open.is_empty()).then_some(&self.open);
             let slices: Vec<IoSlice<'_>> = self
                 .chunks
                 .iter()
+                .chain(open)
                 .take(MAX_SLICES)
                 .enumerate()
                 .map(|(i, chunk)| IoSlice::new(if i == 0 { &chunk[self.head_written..] } else { chunk }))
@@ -92,23 +106,25 @@ impl Outbox {
     fn consume(&mut self, mut n: usize) {
         self.queued -= n;
         while n > 0 {
-            let first_left = self.chunks[0].len() - self.head_written;
+            let first_left = self.chunks.front().map_or(self.open.len(), Vec::len) - self.head_written;
             if n < first_left {
                 self.head_written += n;
                 return;
             }
             n -= first_left;
-            self.chunks.pop_front();
             self.head_written = 0;
+            if self.chunks.pop_front().is_none() {
+                // The open chunk is written: it is the last, so nothing is left.
+                debug_assert_eq!(self.queued, 0);
+                self.open.clear();
+            }
         }
         if self.queued == 0 {
-            // Keep one small chunk to reuse its allocation; an idle peer holds little.
-            self.chunks.truncate(1);
-            if let Some(first) = self.chunks.front_mut() {
-                first.clear();
-                if first.capacity() > KEEP {
-                    self.chunks.clear();
-                }
+            // Keep the open chunk's allocation unless it is large: an idle peer
+            // holds little.
+            self.open.clear();
+            if self.open.capacity() > KEEP {
+                self.open = Vec::new();
             }
         }
     }
@@ -166,7 +182,41 @@ mod tests {
             outbox.write_to(&mut sink).unwrap();
         }
         assert_eq!(sink.written, expected);
-        assert!(outbox.chunks.len() <= 1, "written chunks are released");
+        assert!(outbox.chunks.is_empty(), "written chunks are released");
+    }
+
+    #[test]
+    fn appends_between_partial_writes_keep_their_order() {
+        // The open chunk is written in part, appended to, closed when full,
+        // and written again: what was written of it must not be written twice.
+        let mut outbox = Outbox::default();
+        let mut expected = Vec::new();
+        let mut sink = Trickle { written: Vec::new(), limit: 7_001, calls_left: 0 };
+        for i in 0..3000usize {
+            let bytes = vec![(i % 253) as u8; 1 + i * 31 % 900];
+            expected.extend_from_slice(&bytes);
+            outbox
+                .append(|buf| -> Result<(), ()> {
+                    buf.extend_from_slice(&bytes);
+                    Ok(())
+                })
+                .unwrap();
+            if i % 7 == 0 {
+                let large = vec![(i % 13) as u8; CHUNK + i];
+                expected.extend_from_slice(b"h");
+                expected.extend_from_slice(&large);
+                outbox.push_chunk(b"h", large);
+            }
+            sink.calls_left = 1;
+            outbox.write_to(&mut sink).unwrap();
+        }
+        while outbox.queued() > 0 {
+            sink.calls_left = 1;
+            outbox.write_to(&mut sink).unwrap();
+        }
+        assert_eq!(sink.written.len(), expected.len());
+        assert!(sink.written == expected, "the bytes came out of order");
+        assert!(outbox.chunks.is_empty() && outbox.open.is_empty());
     }
 
     #[test]
@@ -215,7 +265,7 @@ mod tests {
             sink.calls_left = 1;
             outbox.write_to(&mut sink).unwrap();
             sink.written.clear();
-            let held: usize = outbox.chunks.iter().map(Vec::capacity).sum();
+            let held: usize = outbox.chunks.iter().chain([&outbox.open]).map(Vec::capacity).sum();
             assert!(held <= outbox.queued() + 2 * 1024 * 1024, "{held} bytes held for {} queued", outbox.queued());
         }
         assert!(outbox.queued() > 0);
