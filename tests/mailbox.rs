@@ -11,3 +11,13 @@ fn a_registered_server_answers_workers_it_never_met() {
     assert_eq!(job.line("typed: "), "typed: Err(TypeMismatch { expected: \"alloc::string::String\", found: \"u64\" })");
     job.assert_nothing_left();
 }
+
+#[test]
+fn a_flood_of_mail_arrives_whole_and_in_order() {
+    // 8 MB through the bridge while the receiver is not reading yet: the
+    // sender's connection to the bridge fills and drains again.
+    let job = Job::new("scenarios", &["mail_flood"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("mail: "), "mail: 2000 in order true");
+    job.assert_nothing_left();
+}

@@ -25,6 +25,19 @@ fn flood(parent: Pid) {
     println!("{peak}");
 }
 
+/// Mail number `i` of a flood: 4 KiB.
+fn mail_block(i: u64) -> Vec<u64> {
+    vec![i; 512]
+}
+
+/// Sends `n` mails to the "flood" mailbox of the process registered as "sink".
+fn flood_mail(n: u64) {
+    let sender = Sender::<Vec<u64>>::to_registered("sink", "flood");
+    for i in 0..n {
+        sender.send(mail_block(i)).block();
+    }
+}
+
 fn no_answer() -> u64 {
     panic!("no answer")
 }
@@ -1013,6 +1026,18 @@ fn main() {
             println!("again: {:?}", register("cache"));
             unregister("store");
             println!("unregistered: {:?}", whereis("store"));
+        }
+        "mail_flood" => {
+            // More mail than the bridge connection holds, sent while its
+            // receiver is not reading yet: the rest goes out as room comes.
+            const N: u64 = 2_000;
+            register("sink").unwrap();
+            let mail = Mailbox::<Vec<u64>>::open("flood");
+            let child = spawn(small(), FnOnce!(|_parent: Pid| flood_mail(N))).block().unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            let in_order =
+                (0..N).all(|i| matches!(mail.recv().block(), Ok((from, v)) if from == child && v == vec![i; 512]));
+            println!("mail: {N} in order {in_order}");
         }
         "mailboxes" => {
             // A registered store answers workers it has never heard of.
