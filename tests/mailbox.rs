@@ -1,5 +1,5 @@
 //! Mailboxes: a registered server answers processes it has never met; values of
-//! the wrong type are an error.
+//! the wrong type are an error; a flood of mail arrives whole and in order.
 mod util;
 use util::Job;
 
