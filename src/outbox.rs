@@ -139,6 +139,15 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn append_bytes(outbox: &mut Outbox, bytes: &[u8]) {
+        outbox
+            .append(|buf| -> Result<(), ()> {
+                buf.extend_from_slice(bytes);
+                Ok(())
+            })
+            .unwrap();
+    }
+
     /// A writer that takes at most `limit` bytes per call, then would block.
     struct Trickle {
         written: Vec<u8>,
@@ -168,12 +177,7 @@ mod tests {
         for i in 0..2000u32 {
             let bytes = vec![(i % 251) as u8; (i as usize * 37) % 3000];
             expected.extend_from_slice(&bytes);
-            outbox
-                .append(|buf| -> Result<(), ()> {
-                    buf.extend_from_slice(&bytes);
-                    Ok(())
-                })
-                .unwrap();
+            append_bytes(&mut outbox, &bytes);
         }
         assert_eq!(outbox.queued(), expected.len());
         let mut sink = Trickle { written: Vec::new(), limit: 5000, calls_left: 0 };
@@ -195,12 +199,7 @@ mod tests {
         for i in 0..3000usize {
             let bytes = vec![(i % 253) as u8; 1 + i * 31 % 900];
             expected.extend_from_slice(&bytes);
-            outbox
-                .append(|buf| -> Result<(), ()> {
-                    buf.extend_from_slice(&bytes);
-                    Ok(())
-                })
-                .unwrap();
+            append_bytes(&mut outbox, &bytes);
             if i % 7 == 0 {
                 let large = vec![(i % 13) as u8; CHUNK + i];
                 expected.extend_from_slice(b"h");
@@ -226,12 +225,7 @@ mod tests {
         for i in 0..50usize {
             let small = vec![i as u8; i * 13 % 700];
             expected.extend_from_slice(&small);
-            outbox
-                .append(|buf| -> Result<(), ()> {
-                    buf.extend_from_slice(&small);
-                    Ok(())
-                })
-                .unwrap();
+            append_bytes(&mut outbox, &small);
             if i % 3 == 0 {
                 let large = vec![(i + 100) as u8; CHUNK + i * 1000];
                 expected.extend_from_slice(b"head");
@@ -256,12 +250,7 @@ mod tests {
         let mut sink = Trickle { written: Vec::new(), limit: 900 * 1024, calls_left: 0 };
         let value = vec![1u8; 1024 * 1024];
         for _ in 0..300 {
-            outbox
-                .append(|buf| -> Result<(), ()> {
-                    buf.extend_from_slice(&value);
-                    Ok(())
-                })
-                .unwrap();
+            append_bytes(&mut outbox, &value);
             sink.calls_left = 1;
             outbox.write_to(&mut sink).unwrap();
             sink.written.clear();
