@@ -22,7 +22,7 @@ use crate::{
     pid::PidMap,
     proto::{Reply, Request, KIND_MESSAGE},
     sys,
-    transport::{self, Stream},
+    transport::Stream,
     Exit, Pid,
 };
 use mio::{
@@ -155,7 +155,7 @@ pub(crate) struct Net {
     token: u64,
     registry: Registry,
     listener: TcpListener,
-    /// The Unix socket that peers on this host connect to (see [`transport`]).
+    /// The Unix socket that peers on this host connect to (see [`crate::transport`]).
     local_listener: Option<UnixListener>,
     sockets: Slab<Socket>,
     pub(crate) peers: PidMap<Peer>,
@@ -196,11 +196,15 @@ impl Net {
         registry.register(&mut listener, LISTENER, Interest::READABLE)?;
         registry.register(&mut control, CONTROL, Interest::READABLE | Interest::WRITABLE)?;
         // Without it, peers on this host connect over TCP.
-        let local_listener = local_listener
-            .map_or_else(|| transport::listen_locally(me.addr()), Ok)
-            .and_then(|mut local| registry.register(&mut local, LOCAL_LISTENER, Interest::READABLE).map(|()| local))
-            .inspect_err(|error| log::debug!("listening on a Unix socket: {error}"))
-            .ok();
+        let local_listener = local_listener.and_then(|mut local| {
+            match registry.register(&mut local, LOCAL_LISTENER, Interest::READABLE) {
+                Ok(()) => Some(local),
+                Err(error) => {
+                    log::debug!("listening on a Unix socket: {error}");
+                    None
+                }
+            }
+        });
         Ok(Net {
             me,
             token,

@@ -437,11 +437,15 @@ fn start_runtime(start: Start, control: UnixStream, listeners: Listeners, panic_
         .local_addr()
         .map(|addr| Pid::new(addr, start.incarnation))
         .unwrap_or_else(|e| fail("reading this process's port", e));
+    // A process started without its Unix socket (a deployed one) binds its
+    // own; without one, peers on this host connect to it over TCP.
+    let local = local
+        .map_or_else(|| transport::listen_locally(me.addr()), Ok)
+        .and_then(|local| local.set_nonblocking(true).map(|()| local))
+        .inspect_err(|error| log::debug!("listening on a Unix socket: {error}"))
+        .ok();
     let setup = || -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
-        if let Some(local) = &local {
-            local.set_nonblocking(true)?;
-        }
         control.set_nonblocking(true)?;
         let poll = Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;

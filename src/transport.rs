@@ -13,7 +13,7 @@
 use crate::sys;
 use mio::{
     event::Source,
-    net::{TcpStream, UnixListener, UnixStream},
+    net::{TcpStream, UnixStream},
     Interest, Registry, Token,
 };
 use std::{
@@ -70,17 +70,15 @@ pub(crate) fn bind_loopback() -> io::Result<(std::net::TcpListener, std::os::uni
     }
 }
 
-/// Binds the Unix socket of the process whose TCP listener is `tcp`, with the
-/// same long backlog.
+/// Binds the Unix socket of the process whose TCP listener is `tcp`.
 fn bind_local(tcp: &std::net::TcpListener) -> io::Result<std::os::unix::net::UnixListener> {
-    let local = std::os::unix::net::UnixListener::bind_addr(&local_name(tcp.local_addr()?)?)?;
-    sys::listen(local.as_raw_fd())?;
-    Ok(local)
+    listen_locally(tcp.local_addr()?)
 }
 
 /// Listens on the Unix socket of the process whose TCP listener is at `addr`.
-pub(crate) fn listen_locally(addr: SocketAddr) -> io::Result<UnixListener> {
-    let local = UnixListener::bind_addr(&local_name(addr)?)?;
+/// With the same long backlog as a port.
+pub(crate) fn listen_locally(addr: SocketAddr) -> io::Result<std::os::unix::net::UnixListener> {
+    let local = std::os::unix::net::UnixListener::bind_addr(&local_name(addr)?)?;
     sys::listen(local.as_raw_fd())?;
     Ok(local)
 }
