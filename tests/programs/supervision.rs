@@ -143,9 +143,11 @@ fn main() {
             // its list, the transient one has no process).
             let handle = SupervisorHandle::new(supervisor);
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !handle.which_children().unwrap().iter().all(|c| match c.name.as_str() {
-                "temporary_bad" | "transient_ok" => c.pid.is_none(),
-                _ => true,
+            while !handle.which_children().expect("the supervisor answers while it runs").iter().all(|c| {
+                match c.name.as_str() {
+                    "temporary_bad" | "transient_ok" => c.pid.is_none(),
+                    _ => true,
+                }
             }) {
                 assert!(std::time::Instant::now() < deadline, "the supervisor never saw the ends");
                 std::thread::sleep(Duration::from_millis(5));
