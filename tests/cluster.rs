@@ -117,7 +117,7 @@ fn exit_codes_and_panics_propagate() {
     let cluster = Cluster::three_nodes(&[]);
     let finished = cluster.deploy("cluster_scenarios", &["exit", "7"]).run();
     assert_eq!(finished.code, Some(7), "{}", finished.stderr_text());
-    assert!(finished.all_stdout().contains("child ran"));
+    assert!(finished.all_stdout().contains("child ran"), "exits: {:?}\n{}", finished.exits(), cluster.logs());
     // A closure larger than any frame a daemon takes from a stranger.
     let finished = cluster.deploy("cluster_scenarios", &["big_closure", "16"]).run();
     assert_eq!(finished.line("the child got"), "the child got 16777216 bytes", "{}", cluster.logs());

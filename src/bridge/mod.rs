@@ -75,6 +75,8 @@ struct Proc {
     /// On a cluster: how the monitor ended, as its node saw it, held until its
     /// connection has been read to the end (its own report comes first).
     monitor_ended: Option<ExitStatus>,
+    /// On a cluster: whether its monitor's connection has said who it is.
+    monitor_greeted: bool,
     /// When its monitor was last heard from (on a cluster, where silence for
     /// too long means the process is lost).
     monitor_heard: std::time::Instant,
@@ -265,6 +267,7 @@ impl Bridge {
             } else {
                 self.feed_stdin();
                 self.exchange_heartbeats();
+                self.end_unreported();
             }
         }
         self.printer.flush();
@@ -334,6 +337,7 @@ impl Bridge {
             Proc {
                 monitor_os_pid,
                 monitor_ended: None,
+                monitor_greeted: false,
                 monitor_heard: std::time::Instant::now(),
                 early_monitor: Vec::new(),
                 early_control: Vec::new(),

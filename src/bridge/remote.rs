@@ -33,6 +33,11 @@ pub(super) const SCHEDULER: Token = Token(usize::MAX - 10);
 pub(super) const LISTENER: Token = Token(usize::MAX - 11);
 /// The token of the top process's input.
 pub(super) const STDIN: Token = Token(usize::MAX - 12);
+/// How long the bridge waits for the connection of a monitor whose node has
+/// said it ended before it takes the node's word for how its process ended.
+/// That word can outrun the monitor's own connection (on a busy bridge, or over
+/// a network that retransmits), which carries the last output and the report.
+const REPORT_GRACE: Duration = Duration::from_secs(2);
 
 /// A spawn the scheduler has not answered yet.
 #[derive(Debug)]
@@ -74,12 +79,18 @@ pub(super) struct Remote {
     /// it is alive.
     heartbeats: Heartbeats,
     last_beat: Instant,
+    /// Processes whose node said their monitor ended before the monitor's
+    /// connection came, with when to stop waiting for it (see [`REPORT_GRACE`]).
+    unreported: Vec<(Pid, Instant)>,
 }
 
 impl Remote {
-    /// How long the event loop may wait before the next heartbeat is due.
+    /// How long the event loop may wait before the next heartbeat is due, or the
+    /// next wait for a monitor's connection ends.
     pub(super) fn tick(&self) -> Duration {
-        self.heartbeats.interval.saturating_sub(self.last_beat.elapsed()).max(Duration::from_millis(10))
+        let beat = self.heartbeats.interval.saturating_sub(self.last_beat.elapsed());
+        let grace = self.unreported.iter().map(|(_, until)| until.saturating_duration_since(Instant::now())).min();
+        grace.map_or(beat, |grace| grace.min(beat)).max(Duration::from_millis(10))
     }
 
     /// Whether a spawn is still being placed (the job has not ended while one is).
@@ -131,6 +142,7 @@ impl Bridge {
             stdin_closed: false,
             heartbeats,
             last_beat: Instant::now(),
+            unreported: Vec::new(),
         });
         bridge.next_incarnation = 1;
         let options = SpawnOptions::default();
@@ -298,10 +310,33 @@ impl Bridge {
             (None, Some(code)) => ExitStatus::Code(code),
             (None, None) => ExitStatus::Signal(libc::SIGKILL),
         };
-        match process.monitor {
+        if process.monitor.is_some() {
             // Its own report, if it sent one, is still to be read.
-            Some(_) => process.monitor_ended = Some(status),
-            None => self.on_exit(pid, status),
+            process.monitor_ended = Some(status);
+        } else if !process.monitor_greeted {
+            // Its connection, with its last output and its report, may still come.
+            process.monitor_ended = Some(status);
+            remote.unreported.push((pid, Instant::now() + REPORT_GRACE));
+        } else {
+            self.on_exit(pid, status);
+        }
+    }
+
+    /// Ends, as their nodes said they ended, the processes whose monitor's
+    /// connection did not come within [`REPORT_GRACE`].
+    pub(super) fn end_unreported(&mut self) {
+        let Some(remote) = &mut self.remote else { return };
+        if remote.unreported.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, waiting) = std::mem::take(&mut remote.unreported).into_iter().partition(|&(_, until)| until <= now);
+        remote.unreported = waiting;
+        for (pid, _) in due {
+            let Some(process) = self.procs.get_mut(&pid).filter(|p| p.monitor.is_none()) else { continue };
+            if let Some(status) = process.monitor_ended.take() {
+                self.on_exit(pid, status);
+            }
         }
     }
 
@@ -389,6 +424,7 @@ impl Bridge {
         let early = match role {
             Role::Monitor => {
                 process.monitor = Some(key);
+                process.monitor_greeted = true;
                 std::mem::take(&mut process.early_monitor)
             }
             _ => {
@@ -491,5 +527,95 @@ impl Bridge {
             let ids = remote.pending.iter().filter(|(_, p)| p.queued).map(|(&id, _)| id).collect();
             self.ask_scheduler(&ToScheduler::Withdraw { ids });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{proto::Report, ExitStatus};
+    use std::{
+        io::Read,
+        net::TcpStream,
+        os::unix::net::UnixStream as StdUnixStream,
+        sync::{mpsc, Arc, Mutex},
+    };
+
+    /// The next frame from `from`, decoded.
+    fn read_message<T: serde::de::DeserializeOwned>(from: &mut StdUnixStream, buf: &mut Vec<u8>) -> T {
+        loop {
+            if let Some(frame) = codec::next_frame(buf).expect("a well-formed frame") {
+                let message = codec::decode(&buf[frame.payload.clone()]).expect("a message");
+                buf.drain(..frame.len);
+                return message;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = from.read(&mut chunk).expect("reading from the bridge");
+            assert!(n > 0, "the bridge closed its scheduler connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn frame<T: serde::Serialize>(message: &T) -> Vec<u8> {
+        let mut frame = Vec::new();
+        codec::append_frame(&mut frame, KIND_MESSAGE, message).expect("encoding");
+        frame
+    }
+
+    /// On a real network, the master can say a monitor has ended before the
+    /// monitor's own connection, with its output and its report, reaches the
+    /// bridge (on a busy machine, before the bridge has accepted it). The
+    /// report still decides, and the output is still printed.
+    #[test]
+    fn a_monitors_report_that_comes_after_its_nodes_word_still_counts() {
+        let (scheduler, mut master) = StdUnixStream::pair().expect("a socket pair");
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let sink = printed.clone();
+        let deployment = Deployment {
+            scheduler,
+            bind: "127.0.0.1".parse().expect("an address"),
+            json: false,
+            args: vec![b"top".to_vec()],
+            vars: Vec::new(),
+            resources: Resources::default(),
+            stdin: None,
+            heartbeats: Heartbeats {
+                interval: Duration::from_millis(100),
+                fence: Duration::from_secs(30),
+                margin: Duration::from_secs(5),
+            },
+            output: Box::new(move |fd, data| {
+                if fd == 1 {
+                    sink.lock().expect("the output").extend_from_slice(data)
+                }
+            }),
+        };
+        let (done, code) = mpsc::channel();
+        std::thread::spawn(move || done.send(Bridge::new_deployed(deployment).expect("a bridge").run()));
+
+        let mut buf = Vec::new();
+        let ToScheduler::Place { id, image, .. } = read_message(&mut master, &mut buf) else {
+            panic!("the bridge's first message places the top process")
+        };
+        let start: Start = codec::decode(&image.start).expect("a start record");
+        let addr: SocketAddr = "127.0.0.2:4000".parse().expect("an address");
+        // The node: the process started, and its monitor has ended (with code 0,
+        // as monitors do).
+        let mut told = frame(&FromScheduler::Placed { id, addr });
+        told.extend(frame(&FromScheduler::Ended { id, code: Some(0), signal: None, lost: false }));
+        master.write_all(&told).expect("writing to the bridge");
+        std::thread::sleep(Duration::from_millis(200));
+        // Only now does the monitor's connection arrive.
+        let mut monitor = TcpStream::connect(start.bridge_addr.expect("the bridge's address"))
+            .expect("the bridge still waits for the monitor's connection");
+        let mut said = frame(&Hello { token: start.token, incarnation: start.incarnation, addr, monitor: true });
+        said.extend(frame(&Report::Output { fd: 1, data: b"the top process ran\n".to_vec() }));
+        said.extend(frame(&Report::Exited { status: ExitStatus::Code(7) }));
+        monitor.write_all(&said).expect("writing to the bridge");
+        drop(monitor);
+
+        let code = code.recv_timeout(Duration::from_secs(20)).expect("the bridge ends");
+        assert_eq!(String::from_utf8_lossy(&printed.lock().expect("the output")), "the top process ran\n");
+        assert_eq!(code, 7, "the exit code the monitor reported");
     }
 }
