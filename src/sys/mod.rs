@@ -455,6 +455,17 @@ fn poll_one(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Result<i16
     Ok(poll(&[(fd, events)], timeout)?[0])
 }
 
+/// Lowers this process to the least CPU priority (nice 19) and yields the CPU:
+/// for a process whose remaining work (its own exit) is worth less than what
+/// the processes it just woke will do.
+pub(crate) fn step_aside() {
+    // SAFETY: setpriority and sched_yield take plain integers and touch no memory.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        libc::sched_yield();
+    }
+}
+
 /// Ends the process at once with `code`, running no exit handler.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is always safe to call.
