@@ -350,6 +350,35 @@ fn a_fanout_ends_when_a_node_that_takes_its_spawns_stays_stopped() {
 }
 
 #[test]
+fn a_stopped_bridge_holds_up_no_nodes_heartbeats() {
+    let node = util::cluster::Node { ip: "127.0.0.2", mem: "64 GiB", cpu: 64.0 };
+    let cluster = Cluster::start(&[node], &FAST_LEASES);
+    let running = cluster.deploy("cluster_scenarios", &["sleepy_children", "500", "60000"]).start();
+    running.wait_for_stdout("spawned 500", Duration::from_secs(60));
+    // The job's bridge: the master's one child (the probe of the binary has ended).
+    let bridges: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("listing /proc")
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&pid| util::parent_of(pid) == Some(cluster.master.pid()))
+        .collect();
+    let [bridge] = bridges[..] else { panic!("the master has children {bridges:?}, not one bridge") };
+    // SAFETY: kill takes plain integers; the pid is the master's child.
+    unsafe { libc::kill(bridge, libc::SIGSTOP) };
+    // The bridge's monitors fence their processes once it has been silent for the
+    // lease (2 s); the master hears of 500 ends from the node and has to tell the
+    // stopped bridge, whose socket fills. The node's heartbeats must still be
+    // answered all along: it is not lost at the lease plus the margin (3 s).
+    std::thread::sleep(Duration::from_secs(7));
+    let master_log = cluster.master.log();
+    // SAFETY: as above.
+    unsafe { libc::kill(bridge, libc::SIGCONT) };
+    let finished = running.finish();
+    assert!(!master_log.contains("is lost"), "the node was declared lost while a bridge was stopped:\n{master_log}");
+    finished.assert_nothing_left();
+}
+
+#[test]
 fn a_round_robin_fanout_spreads_and_survives_a_node_killed_midway() {
     let cluster = Cluster::three_nodes(&FAST_LEASES);
     // Round-robin: every node gets inputs.

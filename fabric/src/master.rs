@@ -7,7 +7,8 @@
 //! jobs' bridges (by then their monitors have fenced them), spawns still on
 //! their way there included. A lost node is tried again until it answers, and
 //! then joins as a new one. Everything sent to a node goes through its
-//! [`NodeLink`]'s thread, so a node that stops reading holds up nothing else.
+//! [`NodeLink`]'s thread, so a node that stops reading holds up nothing else;
+//! likewise each job's bridge is written to by a thread of its own.
 
 use crate::{
     auth::{self, Role},
@@ -26,7 +27,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     os::unix::net::UnixStream,
     path::PathBuf,
-    sync::{Arc, Weak},
+    sync::{mpsc, Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -91,7 +92,10 @@ impl NodeState {
 }
 
 struct Job {
-    bridge: Arc<Mutex<UnixStream>>,
+    /// The queue to the thread that writes to the job's bridge: a bridge that
+    /// stops reading (stopped, or hung) holds up that thread alone, never the
+    /// reading of a node's heartbeats that reported its processes' ends.
+    bridge: mpsc::Sender<FromScheduler>,
     /// The node after the one its last round-robin placement went to.
     next_node: usize,
     hash: String,
@@ -300,16 +304,16 @@ impl Master {
                 }
                 FromNode::Started { job, id, port } => {
                     let addr = SocketAddr::new(addr.ip(), port);
-                    self.tell_bridge(job, &FromScheduler::Placed { id, addr });
+                    self.tell_bridge(job, FromScheduler::Placed { id, addr });
                 }
                 FromNode::Failed { job, id, error } => {
                     self.release(job, id);
-                    self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::Failed(error) });
+                    self.tell_bridge(job, FromScheduler::Refused { id, error: SpawnError::Failed(error) });
                     self.place_waiting();
                 }
                 FromNode::Ended { job, id, code, signal } => {
                     self.release(job, id);
-                    self.tell_bridge(job, &FromScheduler::Ended { id, code, signal, lost: false });
+                    self.tell_bridge(job, FromScheduler::Ended { id, code, signal, lost: false });
                     self.place_waiting();
                 }
                 FromNode::Ready { .. } => {}
@@ -383,16 +387,15 @@ impl Master {
             victims.len()
         );
         for (job, id) in victims {
-            self.tell_bridge(job, &FromScheduler::Ended { id, code: None, signal: None, lost: true });
+            self.tell_bridge(job, FromScheduler::Ended { id, code: None, signal: None, lost: true });
         }
     }
 
-    fn tell_bridge(&self, job: u64, message: &FromScheduler) {
-        let bridge = self.state.lock().jobs.get(&job).map(|j| j.bridge.clone());
-        if let Some(bridge) = bridge {
-            if let Err(error) = write_frame(&mut *bridge.lock(), message) {
-                log::debug!("telling the bridge of job {job}: {error}");
-            }
+    /// Queues `message` for the bridge of `job`; never blocks.
+    fn tell_bridge(&self, job: u64, message: FromScheduler) {
+        if let Some(job) = self.state.lock().jobs.get(&job) {
+            // The writer ends only when the job is removed, with its queue.
+            let _ = job.bridge.send(message);
         }
     }
 
@@ -411,7 +414,7 @@ impl Master {
     /// which told the bridge.
     fn lose_unsent(&self, job: u64, id: u64) {
         if self.release(job, id) {
-            self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::Lost });
+            self.tell_bridge(job, FromScheduler::Refused { id, error: SpawnError::Lost });
             self.place_waiting();
         }
     }
@@ -482,14 +485,15 @@ impl Master {
     /// Registers a deployed job whose bridge talks on `bridge`; returns its id.
     pub fn add_job(self: &Arc<Self>, bridge: UnixStream, hash: String, binary: PathBuf) -> io::Result<u64> {
         let reader = bridge.try_clone()?;
-        let bridge = Arc::new(Mutex::new(bridge));
+        let (queue, queued) = mpsc::channel();
         let job = {
             let mut state = self.state.lock();
             let job = state.next_job;
             state.next_job += 1;
-            state.jobs.insert(job, Job { bridge, hash, binary, next_node: 0, processes: HashMap::new() });
+            state.jobs.insert(job, Job { bridge: queue, hash, binary, next_node: 0, processes: HashMap::new() });
             job
         };
+        std::thread::Builder::new().name(format!("to job {job}")).spawn(move || write_bridge(job, bridge, queued))?;
         let master = self.clone();
         std::thread::Builder::new().name(format!("job {job}")).spawn(move || master.read_bridge(job, reader))?;
         Ok(job)
@@ -503,7 +507,7 @@ impl Master {
                 }
                 Ok(ToScheduler::Capacity { id, resources }) => {
                     let count = self.capacity(&resources);
-                    self.tell_bridge(job, &FromScheduler::Capacity { id, count });
+                    self.tell_bridge(job, FromScheduler::Capacity { id, count });
                 }
                 Ok(ToScheduler::Withdraw { ids }) => {
                     let withdrawn: Vec<u64> = {
@@ -519,7 +523,7 @@ impl Master {
                         withdrawn
                     };
                     for id in withdrawn {
-                        self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::NoCapacity });
+                        self.tell_bridge(job, FromScheduler::Refused { id, error: SpawnError::NoCapacity });
                     }
                 }
                 Err(error) => {
@@ -570,9 +574,9 @@ impl Master {
             Some(node) => self.dispatch(Dispatch { node, job, id, image }),
             None if queue && self.could_ever_fit(&resources) => {
                 self.state.lock().queue.push_back(Waiting { job, id, resources, placement, image });
-                self.tell_bridge(job, &FromScheduler::Queued { id });
+                self.tell_bridge(job, FromScheduler::Queued { id });
             }
-            None => self.tell_bridge(job, &FromScheduler::Refused { id, error: SpawnError::NoCapacity }),
+            None => self.tell_bridge(job, FromScheduler::Refused { id, error: SpawnError::NoCapacity }),
         }
     }
 
@@ -619,6 +623,17 @@ impl Master {
                 drop(nodes);
                 self.lose_unsent(job, id);
             }
+        }
+    }
+}
+
+/// Writes what is queued for the bridge of `job` until the job is removed (its
+/// queue dropped) or the bridge is gone.
+fn write_bridge(job: u64, mut bridge: UnixStream, queued: mpsc::Receiver<FromScheduler>) {
+    for message in queued {
+        if let Err(error) = write_frame(&mut bridge, &message) {
+            log::debug!("telling the bridge of job {job}: {error}");
+            return;
         }
     }
 }

@@ -157,6 +157,22 @@ fn main() {
         "capacity" => {
             println!("capacity: {}", capacity(Resources { mem: number(1) * Mem::MIB, ..Resources::default() }))
         }
+        // `N` children that sleep `MS` ms and end; says when all have started.
+        "sleepy_children" => {
+            let children: Vec<Pid> = (0..number(1))
+                .map(|_| {
+                    let ms = number(2);
+                    let resources = Resources { mem: 16 * Mem::MIB, ..Resources::default() };
+                    spawn(resources, FnOnce!(move |_parent: Pid| std::thread::sleep(Duration::from_millis(ms))))
+                        .block()
+                        .expect("spawning a child")
+                })
+                .collect();
+            println!("spawned {}", children.len());
+            for child in children {
+                let _ = Receiver::<()>::new(child).recv().block();
+            }
+        }
         // Exits with code `N` after a child has run.
         "exit" => {
             let child = spawn(Resources::default(), FnOnce!(|_parent: Pid| println!("child ran")))
