@@ -488,14 +488,22 @@ impl Master {
         let (queue, queued) = mpsc::channel();
         let job = {
             let mut state = self.state.lock();
-            let job = state.next_job;
             state.next_job += 1;
-            state.jobs.insert(job, Job { bridge: queue, hash, binary, next_node: 0, processes: HashMap::new() });
-            job
+            state.next_job - 1
         };
         std::thread::Builder::new().name(format!("to job {job}")).spawn(move || write_bridge(job, bridge, queued))?;
+        self.state
+            .lock()
+            .jobs
+            .insert(job, Job { bridge: queue, hash, binary, next_node: 0, processes: HashMap::new() });
         let master = self.clone();
-        std::thread::Builder::new().name(format!("job {job}")).spawn(move || master.read_bridge(job, reader))?;
+        if let Err(error) =
+            std::thread::Builder::new().name(format!("job {job}")).spawn(move || master.read_bridge(job, reader))
+        {
+            // Nobody would ever end the job: end it now.
+            self.end_job(job);
+            return Err(error);
+        }
         Ok(job)
     }
 
