@@ -202,18 +202,24 @@ pub(crate) struct Frame {
 }
 
 /// Finds the first frame in `buf`: `Ok(None)` when it is not complete yet.
+#[inline]
 pub(crate) fn next_frame(buf: &[u8]) -> Result<Option<Frame>, CodecError> {
     if buf.len() < HEADER {
         return Ok(None);
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len == 0 || len > MAX_FRAME {
-        return Err(CodecError(format!("corrupt frame: length {len}")));
+        return Err(corrupt_length(len));
     }
     if buf.len() < 4 + len {
         return Ok(None);
     }
     Ok(Some(Frame { kind: buf[4], payload: HEADER..4 + len, len: 4 + len }))
+}
+
+#[cold]
+fn corrupt_length(len: usize) -> CodecError {
+    CodecError(format!("corrupt frame: length {len}"))
 }
 
 /// How many bytes the frame that starts `buf` needs in all, once its header is there.

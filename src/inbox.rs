@@ -113,6 +113,7 @@ impl Inbox {
 
     /// Takes the next complete frame: its kind and where its payload lies (valid
     /// for [`Inbox::bytes`] until the next read).
+    #[inline]
     pub(crate) fn next(&mut self) -> Result<Option<(u8, Range<usize>)>, CodecError> {
         if self.large.is_some() {
             return Ok(None);
@@ -135,6 +136,7 @@ impl Inbox {
     }
 
     /// The bytes of a payload returned by [`Inbox::next`].
+    #[inline]
     pub(crate) fn bytes(&self, range: Range<usize>) -> &[u8] {
         &self.buf[range]
     }

@@ -39,6 +39,10 @@ pub(crate) struct LaneState {
     /// be written on it: a sender writes to it itself past [`WRITE_INLINE`].
     /// Cleared (under this lock) before the socket is closed.
     pub(crate) socket: Option<RawFd>,
+    /// After a write the socket did not take in full, how many bytes must be
+    /// queued before the sender writes itself again (0: [`WRITE_INLINE`]).
+    /// Cleared when the I/O thread writes.
+    pub(crate) write_again_at: usize,
 }
 
 /// How many queued bytes a sender writes itself instead of leaving them to the
@@ -103,11 +107,15 @@ impl Lane {
         }
         let was_empty = state.out.queued() == 0;
         state.out.append(append)?;
-        if state.out.queued() >= WRITE_INLINE {
+        if state.out.queued() >= WRITE_INLINE.max(state.write_again_at) {
             if let Some(fd) = state.socket {
                 // What cannot be written now stays queued for the I/O thread,
                 // which hears when the socket has room again (or has failed).
                 let _ = state.out.write_to(&mut sys::SocketWriter(fd));
+                // A full socket is tried again once as much more is queued, not
+                // for every value (each try would be a failed system call).
+                let left = state.out.queued();
+                state.write_again_at = if left > 0 { left + WRITE_INLINE } else { 0 };
             }
         }
         Ok(self.queued_one(state, was_empty))

@@ -488,6 +488,7 @@ impl Net {
         if failed.is_none() {
             // Only frames are left to write: the sender may write them too.
             lane.socket = Some(socket.stream.as_raw_fd());
+            lane.write_again_at = 0;
             if let Err(error) = lane.out.write_to(&mut socket.stream) {
                 failed = Some(error);
             }
