@@ -79,7 +79,15 @@ fn signals_and_the_registry_work_across_nodes_as_locally() {
         let local = Job::new(program, &[scenario]).run();
         let deployed = cluster.deploy(program, &[scenario]).run();
         assert_eq!(deployed.code, local.code, "{scenario}: {}\n{}", deployed.stderr_text(), cluster.logs());
-        assert_eq!(lines(&deployed), lines(&local), "{scenario}: the cluster's output differs from the local run's");
+        // Each run's stderr holds the bridge's account of every process's end:
+        // on a mismatch it tells which run went wrong, and how.
+        assert_eq!(
+            lines(&deployed),
+            lines(&local),
+            "{scenario}: the cluster's output differs from the local run's\n-- local stderr:\n{}\n-- cluster stderr:\n{}",
+            local.stderr_text(),
+            deployed.stderr_text()
+        );
         let statuses = |job: &util::Finished| {
             let mut statuses: Vec<String> = job.exits().values().map(|s| s.to_string()).collect();
             statuses.sort();
