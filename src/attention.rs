@@ -24,6 +24,10 @@ use std::{
 /// ([`Attention::arm`]).
 #[derive(Debug, Default)]
 pub(crate) struct Attention {
+    /// Whether the socket's input may be for tasks other than those of the
+    /// threads polling it (the connection to the bridge): a thread that stops
+    /// waiting leaves input it did not take to the I/O thread.
+    shared: bool,
     waiting: AtomicUsize,
     skipped: AtomicBool,
     /// Whether the I/O thread has stopped listening for input.
@@ -47,6 +51,11 @@ pub(crate) struct Registration {
 }
 
 impl Attention {
+    /// The attention of a socket whose input may be for any task of the process.
+    pub(crate) fn shared() -> Attention {
+        Attention { shared: true, ..Attention::default() }
+    }
+
     /// Notes the socket now established for the peer, registered for input and
     /// output.
     pub(crate) fn bind(&self, registration: Registration) {
@@ -144,9 +153,34 @@ impl Attention {
         self.waiting.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A thread stops waiting on the socket itself.
+    /// A thread stops waiting on the socket itself. On a shared socket, the
+    /// last to stop has the I/O thread listen again, for the tasks that wait
+    /// without polling it (input left to the waiting threads that none took
+    /// raises an event at once).
     pub(crate) fn end_wait(&self) {
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let left = self.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
+        if self.shared && left == 0 {
+            // Under the lock `disarm` holds while it looks for waiting threads.
+            let bound = self.registration.lock();
+            if let (Some(r), true) = (*bound, self.disarmed.load(Ordering::SeqCst)) {
+                self.listen(r);
+            }
+        }
+    }
+
+    /// For the I/O thread, lock-free: whether to leave input on a shared socket
+    /// to the threads polling it. Notes the input left before it looks for
+    /// them, and they look for such input after they stop waiting
+    /// ([`Attention::end_wait`]), so input is never left to no one.
+    pub(crate) fn leave_shared_input(&self) -> bool {
+        self.skip();
+        if !self.attended() {
+            // The I/O thread reads it itself.
+            self.take_skipped();
+            return false;
+        }
+        self.disarm();
+        true
     }
 
     /// Whether a thread waits on the socket itself.

@@ -91,7 +91,10 @@ pub(crate) fn waiting_on(fd: RawFd, attended: &Arc<Attention>, waker: &Waker) {
         return;
     };
     if let Some((_, previous, _)) = previous {
-        previous.arm();
+        // Two parts of one future may wait on the same socket (two mailboxes).
+        if !Arc::ptr_eq(&previous, attended) {
+            previous.arm();
+        }
     }
 }
 

@@ -76,16 +76,18 @@ impl<T: DeserializeOwned> Mailbox<T> {
 
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<(Pid, T), RecvError>> {
         let next = runtime::with_net(|net| {
-            let lost = net.bridge_is_lost();
-            let queue = net.mail.get_mut(&self.name).expect("open mailboxes have queues");
-            match queue.items.pop_front() {
-                Some(item) => Poll::Ready(Some(item)),
-                None if lost => Poll::Ready(None),
-                None => {
-                    queue.waker = Some(cx.waker().clone());
-                    Poll::Pending
+            net.poll_control(cx.waker(), |net| {
+                let lost = net.bridge_is_lost();
+                let queue = net.mail.get_mut(&self.name).expect("open mailboxes have queues");
+                match queue.items.pop_front() {
+                    Some(item) => Some(Some(item)),
+                    None if lost => Some(None),
+                    None => {
+                        queue.waker = Some(cx.waker().clone());
+                        None
+                    }
                 }
-            }
+            })
         });
         next.map(|item| {
             let (from, type_name, bytes) = item.ok_or(RecvError::BridgeLost)?;

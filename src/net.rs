@@ -16,6 +16,7 @@
 
 use crate::{
     attention::{Attention, Registration},
+    block,
     codec::{self, CodecError},
     inbox::Inbox,
     lane::Lane,
@@ -134,6 +135,9 @@ struct Control {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     lost: bool,
+    /// Threads blocked on an answer, mail or exit signal poll the connection
+    /// themselves and read what comes, as for a peer's socket.
+    attention: Arc<Attention>,
 }
 
 impl Control {
@@ -195,6 +199,8 @@ impl Net {
     ) -> io::Result<Net> {
         registry.register(&mut listener, LISTENER, Interest::READABLE)?;
         registry.register(&mut control, CONTROL, Interest::READABLE | Interest::WRITABLE)?;
+        let attention = Arc::new(Attention::shared());
+        attention.bind(Registration { epoll: registry.as_raw_fd(), fd: control.as_raw_fd(), token: CONTROL.0 });
         // Without it, peers on this host connect over TCP.
         let local_listener = local_listener.and_then(|mut local| {
             match registry.register(&mut local, LOCAL_LISTENER, Interest::READABLE) {
@@ -214,7 +220,7 @@ impl Net {
             sockets: Slab::new(),
             peers: PidMap::default(),
             dirty: Vec::new(),
-            control: Control { stream: control, rbuf: Vec::new(), wbuf: Vec::new(), lost: false },
+            control: Control { stream: control, rbuf: Vec::new(), wbuf: Vec::new(), lost: false, attention },
             calls: HashMap::new(),
             next_call_id: 0,
             exits: VecDeque::new(),
@@ -908,20 +914,55 @@ impl Net {
 
     /// The answer to request `id` once it comes; `None` if the bridge is gone.
     pub(crate) fn poll_call(&mut self, id: u64, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Reply>> {
-        let lost = self.control.lost;
-        let Some(slot) = self.calls.get_mut(&id) else {
+        self.poll_control(cx.waker(), |net| {
+            let lost = net.control.lost;
+            let slot = net.calls.get_mut(&id)?;
+            if let Some(reply) = slot.reply.take() {
+                net.calls.remove(&id);
+                return Some(Some(reply));
+            }
+            if lost {
+                net.calls.remove(&id);
+                return Some(None);
+            }
+            slot.waker = Some(cx.waker().clone());
+            None
+        })
+    }
+
+    /// Polls for something the bridge sends: `take` returns it once it is here
+    /// (keeping the task's waker when it is not). Before the task waits, what
+    /// the connection holds is read on this thread if this thread saw it
+    /// readable or the I/O thread left it; a task that waits has its thread
+    /// poll the connection itself (see [`Attention`]).
+    pub(crate) fn poll_control<R>(
+        &mut self,
+        waker: &Waker,
+        mut take: impl FnMut(&mut Net) -> Option<R>,
+    ) -> std::task::Poll<R> {
+        if let Some(ready) = take(self) {
+            return std::task::Poll::Ready(ready);
+        }
+        if self.control.lost {
             return std::task::Poll::Pending;
-        };
-        if let Some(reply) = slot.reply.take() {
-            self.calls.remove(&id);
-            return std::task::Poll::Ready(Some(reply));
         }
-        if lost {
-            self.calls.remove(&id);
-            return std::task::Poll::Ready(None);
+        let fd = self.control.stream.as_raw_fd();
+        let left = self.control.attention.take_skipped();
+        if left || block::saw_readable(fd) {
+            self.read_control();
+            if let Some(ready) = take(self) {
+                return std::task::Poll::Ready(ready);
+            }
         }
-        slot.waker = Some(cx.waker().clone());
+        if !self.control.lost {
+            block::waiting_on(fd, &self.control.attention, waker);
+        }
         std::task::Poll::Pending
+    }
+
+    /// For the I/O thread's fast path: the attention of the connection to the bridge.
+    pub(crate) fn control_attention(&self) -> Arc<Attention> {
+        self.control.attention.clone()
     }
 
     /// Whether the bridge is gone (no answer will come).
@@ -941,11 +982,14 @@ impl Net {
                     self.control.wbuf.drain(..n);
                     self.to_wake.extend(self.control_waker.take());
                 }
-                Err(e) if would_block(&e) => return,
+                Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => self.bridge_lost(),
             }
         }
+        // The I/O thread hears of room to write only while something waits for
+        // it: a Unix socket reports room each time the bridge reads.
+        self.control.attention.want_output(!self.control.wbuf.is_empty() && !self.control.lost);
     }
 
     fn read_control(&mut self) {

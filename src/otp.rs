@@ -181,13 +181,15 @@ pub fn exits() -> Exits {
 impl futures::Stream for Exits {
     type Item = Exit;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Exit>> {
-        runtime::with_net(|net| match net.exits.pop_front() {
-            Some(exit) => Poll::Ready(Some(exit)),
-            None if net.bridge_is_lost() => Poll::Ready(None),
-            None => {
-                net.exits_waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+        runtime::with_net(|net| {
+            net.poll_control(cx.waker(), |net| match net.exits.pop_front() {
+                Some(exit) => Some(Some(exit)),
+                None if net.bridge_is_lost() => Some(None),
+                None => {
+                    net.exits_waker = Some(cx.waker().clone());
+                    None
+                }
+            })
         })
     }
 }

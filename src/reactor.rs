@@ -84,22 +84,27 @@ const COALESCE: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// What the reactor knows of established peer sockets without the connection
 /// lock, to leave alone those whose input a blocked thread reads itself.
-#[derive(Default)]
 struct FastPath {
     sockets: HashMap<usize, (Arc<Attention>, Arc<Lane>)>,
     /// The [`Net::socket_epoch`](crate::net::Net::socket_epoch) `sockets` is valid for.
     epoch: u64,
+    /// The attention of the connection to the bridge.
+    control: Arc<Attention>,
 }
 
 impl FastPath {
     /// Whether the event is only input on a socket a thread waits on itself
     /// (and nothing waits to be written on it): then it is noted and left.
     fn leave(&self, event: &Event) -> bool {
+        let only_input = event.is_readable() && !event.is_read_closed() && !event.is_error();
+        if event.token() == crate::net::CONTROL {
+            let only_input = only_input && !event.is_writable();
+            return !self.control.listen_after_event() && only_input && self.control.leave_shared_input();
+        }
         let Some((attention, lane)) = self.sockets.get(&event.token().0) else { return false };
         if attention.listen_after_event() {
             return false;
         }
-        let only_input = event.is_readable() && !event.is_read_closed() && !event.is_error();
         if only_input && attention.attended() && lane.lock().out.queued() == 0 {
             attention.skip();
             attention.disarm();
@@ -114,8 +119,11 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
     let mut events = Events::with_capacity(1024);
     let mut wake = Vec::new();
     let mut next_deadline: Option<Instant> = None;
-    let epoch = runtime.net.lock().socket_epoch();
-    let mut fast = FastPath::default();
+    let (epoch, control) = {
+        let net = runtime.net.lock();
+        (net.socket_epoch(), net.control_attention())
+    };
+    let mut fast = FastPath { sockets: HashMap::new(), epoch: 0, control };
     let mut left = Vec::new();
     loop {
         let timeout = next_deadline.map(|d| d.saturating_duration_since(Instant::now()));

@@ -1,5 +1,6 @@
 //! Mailboxes: a registered server answers processes it has never met; values of
-//! the wrong type are an error; a flood of mail arrives whole and in order.
+//! the wrong type are an error; a flood of mail arrives whole and in order;
+//! threads blocked on the bridge's answers each hear theirs.
 mod util;
 use util::Job;
 
@@ -9,6 +10,15 @@ fn a_registered_server_answers_workers_it_never_met() {
     assert_eq!(job.code, Some(0), "{}", job.stderr_text());
     assert_eq!(job.line("answers: "), "answers: [100, 200, 300]");
     assert_eq!(job.line("typed: "), "typed: Err(TypeMismatch { expected: \"alloc::string::String\", found: \"u64\" })");
+    job.assert_nothing_left();
+}
+
+#[test]
+fn threads_blocked_on_the_bridge_each_hear_what_is_theirs() {
+    let job = Job::new("scenarios", &["threads_share_the_bridge"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("rounds: "), "rounds: 1200");
+    assert_eq!(job.line("silent: "), "silent: [Err(PeerEnded), Err(PeerEnded)]");
     job.assert_nothing_left();
 }
 

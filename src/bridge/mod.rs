@@ -66,6 +66,9 @@ struct Conn {
     role: Role,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
+    /// Whether the event loop hears of room to write: only while `wbuf` waits
+    /// for it, as a Unix socket reports room each time its reader reads.
+    wants_output: bool,
 }
 
 #[derive(Debug)]
@@ -381,8 +384,8 @@ impl Bridge {
         let mut stream = UnixStream::from_std(stream);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
-        entry.insert(Conn { stream, pid, role, rbuf: Vec::new(), wbuf: Vec::new() });
+        self.poll.registry().register(&mut stream, Token(key), Interest::READABLE)?;
+        entry.insert(Conn { stream, pid, role, rbuf: Vec::new(), wbuf: Vec::new(), wants_output: false });
         Ok(key)
     }
 
@@ -476,13 +479,20 @@ impl Bridge {
         while !conn.wbuf.is_empty() {
             match conn.stream.write(&conn.wbuf) {
                 Ok(n) => drop(conn.wbuf.drain(..n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     // The process is gone; its monitor will report how.
                     conn.wbuf.clear();
-                    return;
                 }
+            }
+        }
+        let wanted = !conn.wbuf.is_empty();
+        if wanted != conn.wants_output {
+            let interest = if wanted { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            match self.poll.registry().reregister(&mut conn.stream, Token(key), interest) {
+                Ok(()) => conn.wants_output = wanted,
+                Err(error) => self.printer.warning(&format!("watching a connection for room to write: {error}")),
             }
         }
     }

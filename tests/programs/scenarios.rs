@@ -1039,6 +1039,66 @@ fn main() {
                 (0..N).all(|i| matches!(mail.recv().block(), Ok((from, v)) if from == child && v == vec![i; 512]));
             println!("mail: {N} in order {in_order}");
         }
+        "threads_share_the_bridge" => {
+            // Threads blocked on the bridge's answers read its connection
+            // themselves: all of them, and a thread waiting on a process that
+            // ends without ever connecting, hear what is theirs.
+            const THREADS: usize = 4;
+            const ROUNDS: usize = 300;
+            spawn(
+                small(),
+                FnOnce!(|_parent: Pid| {
+                    register("echo").unwrap();
+                    let requests = Mailbox::<usize>::open("requests");
+                    while let Ok((from, thread)) = requests.recv().block() {
+                        if thread == usize::MAX {
+                            break;
+                        }
+                        Sender::<usize>::to_mailbox(from, &format!("replies{thread}")).send(thread).block();
+                    }
+                }),
+            )
+            .block()
+            .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while whereis("echo").is_none() {
+                assert!(std::time::Instant::now() < deadline, "the echo server never registered");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // Processes that end without a word, while the threads below wait on
+            // the bridge and once they all have stopped.
+            let waiting: Vec<_> = [10, 500]
+                .map(|ms| {
+                    let silent =
+                        spawn(small(), FnOnce!(move |_parent: Pid| std::thread::sleep(Duration::from_millis(ms))))
+                            .block()
+                            .unwrap();
+                    std::thread::spawn(move || Receiver::<u64>::new(silent).recv().block())
+                })
+                .into();
+            let threads: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    std::thread::spawn(move || {
+                        let replies = Mailbox::<usize>::open(&format!("replies{thread}"));
+                        let mut rounds = 0;
+                        for _ in 0..ROUNDS {
+                            let echo = whereis("echo").expect("the echo server is registered");
+                            Sender::<usize>::to_mailbox(echo, "requests").send(thread).block();
+                            let (_, answer) = replies.recv().block().expect("an answer");
+                            assert_eq!(answer, thread);
+                            rounds += 1;
+                        }
+                        rounds
+                    })
+                })
+                .collect();
+            let rounds: usize = threads.into_iter().map(|t| t.join().expect("a calling thread")).sum();
+            println!("rounds: {rounds}");
+            let silent: Vec<_> = waiting.into_iter().map(|t| t.join().expect("a waiting thread")).collect();
+            println!("silent: {silent:?}");
+            let echo = whereis("echo").expect("the echo server is registered");
+            Sender::<usize>::to_mailbox(echo, "requests").send(usize::MAX).block();
+        }
         "mailboxes" => {
             // A registered store answers workers it has never heard of.
             let store = spawn(
