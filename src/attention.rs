@@ -2,7 +2,9 @@
 //! blocked in `recv` waits in `poll` on the socket and reads it itself; while
 //! one does, the I/O thread leaves that input alone, and stops listening for it
 //! altogether until a task waits on the socket without a thread polling it. It
-//! listens for room to write only while a write waits for it.
+//! listens for room to write only while a write waits for it. The connection
+//! to the bridge is handled the same way, as a *shared* socket: its input may
+//! be for any task, so the I/O thread listens again once no thread polls it.
 
 use crate::sys;
 use parking_lot::Mutex;
