@@ -248,6 +248,10 @@ impl Running {
             marker: self.marker.clone(),
             bridge: self.bridge_pid(),
         };
+        if !drained {
+            // A failing test leaves nothing behind either.
+            kill_all(&self.marker);
+        }
         assert!(drained, "the job's output pipes stayed open after the bridge ended: something was left behind");
         finished
     }
