@@ -1045,11 +1045,12 @@ fn main() {
             // ends without ever connecting, hear what is theirs.
             const THREADS: usize = 4;
             const ROUNDS: usize = 300;
-            spawn(
+            let echo = spawn(
                 small(),
-                FnOnce!(|_parent: Pid| {
+                FnOnce!(|parent: Pid| {
                     register("echo").unwrap();
                     let requests = Mailbox::<usize>::open("requests");
+                    Sender::<()>::new(parent).send(()).block();
                     while let Ok((from, thread)) = requests.recv().block() {
                         if thread == usize::MAX {
                             break;
@@ -1060,11 +1061,7 @@ fn main() {
             )
             .block()
             .unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while whereis("echo").is_none() {
-                assert!(std::time::Instant::now() < deadline, "the echo server never registered");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            Receiver::<()>::new(echo).recv().block().expect("the echo server registered");
             // Processes that end without a word, while the threads below wait on
             // the bridge and once they all have stopped.
             let waiting: Vec<_> = [10, 500]
@@ -1096,7 +1093,6 @@ fn main() {
             println!("rounds: {rounds}");
             let silent: Vec<_> = waiting.into_iter().map(|t| t.join().expect("a waiting thread")).collect();
             println!("silent: {silent:?}");
-            let echo = whereis("echo").expect("the echo server is registered");
             Sender::<usize>::to_mailbox(echo, "requests").send(usize::MAX).block();
         }
         "mailboxes" => {
