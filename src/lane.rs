@@ -6,9 +6,14 @@
 //! peer table and no contention with the I/O thread, which takes it once per
 //! batch it writes. Everything else (the socket, the dirty list, waking the I/O
 //! thread) happens under `Net`'s lock, taken before this one.
+//!
+//! The lock is a spin lock that yields to its holder: one atomic exchange to
+//! lock and a plain store to unlock, where a parking mutex costs two atomic
+//! exchanges. The other party, the I/O thread, takes it once per batch, and
+//! holds it at most for one write.
 
 use crate::{codec::CodecError, net::SEND_BOUND, outbox::Outbox, sys};
-use parking_lot::{Mutex, MutexGuard};
+use spin::{mutex::SpinMutexGuard as MutexGuard, relax::Yield};
 use std::{
     os::fd::RawFd,
     sync::atomic::{AtomicBool, Ordering},
@@ -18,7 +23,7 @@ use std::{
 /// The outgoing side of one peer.
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
-    state: Mutex<LaneState>,
+    state: spin::mutex::SpinMutex<LaneState, Yield>,
     /// A value was received from the peer since one was last sent to it (the
     /// next value sent is a reply, written at once).
     reply_due: AtomicBool,
