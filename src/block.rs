@@ -201,7 +201,7 @@ fn block_on<F: Future>(thread: &ThreadBlock, future: F) -> F::Output {
                 state.polling.store(true, Ordering::SeqCst);
                 if !state.notified.swap(false, Ordering::SeqCst) {
                     let events = [(socket, libc::POLLIN), (eventfd.as_raw_fd(), libc::POLLIN)];
-                    if let Ok(revents) = sys::poll(&events, None) {
+                    if let Ok(revents) = sys::poll(events, None) {
                         if revents[0] != 0 {
                             thread.readable.set(Some(socket));
                             // The I/O thread wakes no one for input it leaves to

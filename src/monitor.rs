@@ -142,14 +142,18 @@ pub(crate) fn run(setup: Setup) -> ! {
                 .min()
             }
         };
-        let mut fds: Vec<(i32, i16)> =
-            streams.iter().map(|s| (if s.open { s.fd.as_raw_fd() } else { -1 }, libc::POLLIN)).collect();
-        fds.push((bridge.as_raw_fd(), libc::POLLIN));
-        fds.push((if ended.is_none() { pidfd.as_raw_fd() } else { -1 }, libc::POLLIN));
-        fds.push((lease.as_ref().map_or(-1, |l| l.fd.as_raw_fd()), libc::POLLIN));
+        let stream_fd = |s: &Stream| if s.open { s.fd.as_raw_fd() } else { -1 };
         let feeding = stdin.as_ref().filter(|s| !s.pending.is_empty());
-        fds.push((feeding.map_or(-1, |s| s.fd.as_raw_fd()), libc::POLLOUT));
-        let ready = match sys::poll(&fds, timeout) {
+        let fds = [
+            (stream_fd(&streams[0]), libc::POLLIN),
+            (stream_fd(&streams[1]), libc::POLLIN),
+            (stream_fd(&streams[2]), libc::POLLIN),
+            (bridge.as_raw_fd(), libc::POLLIN),
+            (if ended.is_none() { pidfd.as_raw_fd() } else { -1 }, libc::POLLIN),
+            (lease.as_ref().map_or(-1, |l| l.fd.as_raw_fd()), libc::POLLIN),
+            (feeding.map_or(-1, |s| s.fd.as_raw_fd()), libc::POLLOUT),
+        ];
+        let ready = match sys::poll(fds, timeout) {
             Ok(ready) => ready,
             Err(_) => {
                 std::thread::sleep(Duration::from_millis(10));

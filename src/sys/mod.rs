@@ -438,21 +438,22 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
 }
 
-/// Polls `fds` (fd, events) for up to `timeout`; returns the ready events of each.
-pub(crate) fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i16>> {
-    let mut pollfds: Vec<libc::pollfd> =
-        fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
+/// Polls `fds` (fd, events) for up to `timeout`; returns the ready events of
+/// each (none if interrupted by a signal). Allocates nothing: a thread blocked
+/// in `recv` calls it once per message.
+pub(crate) fn poll<const N: usize>(fds: [(RawFd, i16); N], timeout: Option<Duration>) -> io::Result<[i16; N]> {
+    let mut pollfds = fds.map(|(fd, events)| libc::pollfd { fd, events, revents: 0 });
     let timeout = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     // SAFETY: pollfds is a valid array of its length.
-    match cvt(unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) }) {
-        Ok(_) => Ok(pollfds.iter().map(|p| p.revents).collect()),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(vec![0; fds.len()]),
+    match cvt(unsafe { libc::poll(pollfds.as_mut_ptr(), N as libc::nfds_t, timeout) }) {
+        Ok(_) => Ok(pollfds.map(|p| p.revents)),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok([0; N]),
         Err(e) => Err(e),
     }
 }
 
 fn poll_one(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Result<i16> {
-    Ok(poll(&[(fd, events)], timeout)?[0])
+    Ok(poll([(fd, events)], timeout)?[0])
 }
 
 /// Lowers this process to the least CPU priority (nice 19) and yields the CPU:
