@@ -85,7 +85,9 @@ pub(crate) fn run(setup: Setup) -> ! {
         Stream { fd: panic, number: 0, open: true },
     ];
     let mut panic_message = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Filled by reads only: its pages count in the monitor's memory once output
+    // has reached them, not before.
+    let mut buf = Vec::with_capacity(64 * 1024);
     let mut ended: Option<(WaitStatus, Instant)> = None;
     let mut commands = Vec::new();
     // How the process is reported if the bridge had it killed or shut down.
@@ -164,7 +166,8 @@ pub(crate) fn run(setup: Setup) -> ! {
             if !stream.open || *revents == 0 {
                 continue;
             }
-            match sys::read(stream.fd.as_raw_fd(), &mut buf) {
+            buf.clear();
+            match sys::read_append(stream.fd.as_raw_fd(), &mut buf) {
                 Ok(0) | Err(_) => {
                     stream.open = false;
                     if stream.number != 0 {
@@ -178,9 +181,9 @@ pub(crate) fn run(setup: Setup) -> ! {
             }
         }
         if ready[3] != 0 {
-            match sys::read(bridge.as_raw_fd(), &mut buf) {
-                Ok(0) | Err(_) => bridge_lost(child, &cgroup),
-                Ok(n) => commands.extend_from_slice(&buf[..n]),
+            commands.reserve(4096);
+            if let Ok(0) | Err(_) = sys::read_append(bridge.as_raw_fd(), &mut commands) {
+                bridge_lost(child, &cgroup);
             }
             heard = Instant::now();
             let mut pos = 0;

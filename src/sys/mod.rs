@@ -418,6 +418,27 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Reads what `fd` has into `buf`'s spare capacity, after its contents.
+/// Only the pages the kernel writes are touched: a large buffer costs no
+/// memory until a read fills it.
+pub(crate) fn read_append(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    loop {
+        // SAFETY: `spare` is valid for writes of its length; read writes at most
+        // that many bytes.
+        match cvt(unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) }) {
+            Ok(n) => {
+                let n = n as usize;
+                // SAFETY: read initialised the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Writes what `fd` takes now of `bytes` (it may be non-blocking).
 pub(crate) fn write(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     loop {
