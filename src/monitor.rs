@@ -31,6 +31,9 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// way, off the spawn's path, and after its own start-up code has run.
 const SETTLE: Duration = Duration::from_millis(100);
 
+/// The most output read at once (a pipe holds 64 KiB).
+const OUTPUT_READ: usize = 64 * 1024;
+
 /// What the monitor watches.
 #[derive(Debug)]
 pub(crate) struct Setup {
@@ -87,7 +90,7 @@ pub(crate) fn run(setup: Setup) -> ! {
     let mut panic_message = Vec::new();
     // Filled by reads only: its pages count in the monitor's memory once output
     // has reached them, not before.
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut buf = Vec::with_capacity(OUTPUT_READ);
     let mut ended: Option<(WaitStatus, Instant)> = None;
     let mut commands = Vec::new();
     // How the process is reported if the bridge had it killed or shut down.
@@ -167,7 +170,7 @@ pub(crate) fn run(setup: Setup) -> ! {
                 continue;
             }
             buf.clear();
-            match sys::read_append(stream.fd.as_raw_fd(), &mut buf) {
+            match sys::read_spare(stream.fd.as_raw_fd(), &mut buf, OUTPUT_READ) {
                 Ok(0) | Err(_) => {
                     stream.open = false;
                     if stream.number != 0 {
@@ -181,8 +184,7 @@ pub(crate) fn run(setup: Setup) -> ! {
             }
         }
         if ready[3] != 0 {
-            commands.reserve(4096);
-            if let Ok(0) | Err(_) = sys::read_append(bridge.as_raw_fd(), &mut commands) {
+            if let Ok(0) | Err(_) = sys::read_spare(bridge.as_raw_fd(), &mut commands, 4096) {
                 bridge_lost(child, &cgroup);
             }
             heard = Instant::now();

@@ -418,27 +418,6 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Reads what `fd` has into `buf`'s spare capacity, after its contents.
-/// Only the pages the kernel writes are touched: a large buffer costs no
-/// memory until a read fills it.
-pub(crate) fn read_append(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    loop {
-        // SAFETY: `spare` is valid for writes of its length; read writes at most
-        // that many bytes.
-        match cvt(unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) }) {
-            Ok(n) => {
-                let n = n as usize;
-                // SAFETY: read initialised the first `n` bytes of the spare capacity.
-                unsafe { buf.set_len(buf.len() + n) };
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Writes what `fd` takes now of `bytes` (it may be non-blocking).
 pub(crate) fn write(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     loop {
@@ -527,14 +506,21 @@ pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// Reads up to `want` bytes from `fd` into the spare capacity of `buf`, growing it
-/// as needed and never zero-filling; returns the count (0 is end of file).
+/// as needed and never zero-filling (only the pages the kernel writes are
+/// touched); returns the count (0 is end of file).
 pub(crate) fn read_spare(fd: RawFd, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
     buf.reserve(want);
     let spare = buf.spare_capacity_mut();
     let len = spare.len().min(want);
-    // SAFETY: `spare` is writable memory of at least `len` bytes owned by `buf`;
-    // read writes at most `len` bytes into it.
-    let n = cvt(unsafe { libc::read(fd, spare.as_mut_ptr().cast(), len) })? as usize;
+    let n = loop {
+        // SAFETY: `spare` is writable memory of at least `len` bytes owned by
+        // `buf`; read writes at most `len` bytes into it.
+        match cvt(unsafe { libc::read(fd, spare.as_mut_ptr().cast(), len) }) {
+            Ok(n) => break n as usize,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
     // SAFETY: read initialised the first `n` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
