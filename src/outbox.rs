@@ -81,15 +81,14 @@ impl Outbox {
         let mut progressed = false;
         while self.queued > 0 {
             let open = (!self.open.is_empty()).then_some(&self.open);
-            let slices: Vec<IoSlice<'_>> = self
-                .chunks
-                .iter()
-                .chain(open)
-                .take(MAX_SLICES)
-                .enumerate()
-                .map(|(i, chunk)| IoSlice::new(if i == 0 { &chunk[self.head_written..] } else { chunk }))
-                .collect();
-            match to.write_vectored(&slices) {
+            // On the stack: a write allocates nothing.
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter().chain(open)) {
+                *slot = IoSlice::new(if count == 0 { &chunk[self.head_written..] } else { chunk });
+                count += 1;
+            }
+            match to.write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     progressed = true;
