@@ -645,6 +645,12 @@ impl<T: DeserializeOwned> Receiver<T> {
                         }
                         return Refill::Pending;
                     }
+                    // This task reads what came itself: a wake-up for it would
+                    // only make its thread poll once more.
+                    let peer = net.peer(self.pid);
+                    if peer.recv_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        peer.recv_waker = None;
+                    }
                     net.read_peer(self.pid);
                     read = true;
                     continue;
