@@ -255,16 +255,19 @@ pub(crate) fn run(setup: Setup) -> ! {
         (None, status) => status,
     };
     send(&mut bridge, &Report::Exited { status }, child, &cgroup);
+    // The report woke the bridge, often onto this CPU: let it pass on the news
+    // (a supervisor's restart, a parent's next spawn) before the cgroup check.
+    sys::yield_now();
     // After the report, so the process's end is not held up by it.
     if recycle_cgroup && sys::cgroup_reusable(&cgroup) {
         send(&mut bridge, &Report::CgroupFree, child, &cgroup);
     } else {
         sys::remove_cgroups(&cgroup);
     }
-    // The report woke the bridge, often onto this CPU: let it (and the restart
-    // or the next spawn it sets off) run first, and this monitor's exit, which
+    // Let what the bridge set off run first, and this monitor's exit, which
     // unmaps a whole process image, come after. (Not before the cgroup is
-    // offered back: a fan-out spawns into freed cgroups.)
+    // offered back, at this process's own priority: a fan-out spawns into
+    // freed cgroups.)
     sys::step_aside();
     sys::exit_now(0)
 }

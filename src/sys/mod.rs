@@ -456,6 +456,13 @@ fn poll_one(fd: RawFd, events: i16, timeout: Option<Duration>) -> io::Result<i16
     Ok(poll([(fd, events)], timeout)?[0])
 }
 
+/// Yields the CPU to the processes waiting for it (one just woken onto this CPU
+/// runs first), keeping this process's priority.
+pub(crate) fn yield_now() {
+    // SAFETY: sched_yield takes no arguments and touches no memory.
+    unsafe { libc::sched_yield() };
+}
+
 /// Lowers this process to the least CPU priority (nice 19) and yields the CPU:
 /// for a process whose remaining work (its own exit) is worth less than what
 /// the processes it just woke will do.
