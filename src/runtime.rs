@@ -335,11 +335,17 @@ fn start_spawned(fds: &str) {
         return;
     };
     let Some(parent) = parent else { panic!("constellation: a spawned process was started without a parent") };
-    // SAFETY: the bridge exec'd this very binary (/proc/self/exe, or on a cluster the
-    // same bytes by their hash), and `entry` is the offset of a trampoline from
-    // `spawn::base` computed in that same binary.
-    unsafe { spawn::run_trampoline(entry, &arg, parent) };
-    std::process::exit(0)
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: the bridge exec'd this very binary (/proc/self/exe, or on a
+        // cluster the same bytes by their hash), and `entry` is the offset of a
+        // trampoline from `spawn::base` computed in that same binary.
+        unsafe { spawn::run_trampoline(entry, &arg, parent) }
+    }));
+    // The closure ran instead of the rest of `main`: nothing of `init`'s callers
+    // is left to unwind or clean up. A panic ends the process with the code a
+    // panic out of `main` has; its message has gone to the monitor already.
+    let _ = std::io::stdout().flush();
+    sys::exit(if ran.is_ok() { 0 } else { PANIC_EXIT_CODE })
 }
 
 /// Opens the monitor's and the process's connections to a remote bridge. They are
@@ -483,6 +489,9 @@ fn start_runtime(start: Start, control: UnixStream, listeners: Listeners, panic_
     }));
     sys::at_exit(flush_at_exit);
 }
+
+/// The exit code of a Rust program whose `main` panicked.
+const PANIC_EXIT_CODE: i32 = 101;
 
 /// How long the exit flush waits without progress before giving up.
 const EXIT_FLUSH_IDLE: Duration = Duration::from_secs(5);

@@ -54,3 +54,18 @@ fn output_events_mark_closed_streams() {
         .count();
     assert_eq!(closes, 2, "one empty output event per closed fd");
 }
+
+#[test]
+fn a_spawned_processs_unterminated_last_line_is_printed_whether_it_returns_or_panics() {
+    let job = Job::new("scenarios", &["unterminated_output"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    let pids = job.stdout_of(&job.top());
+    let (returns, panics) = pids.trim().split_once(' ').expect("the two children's pids");
+    assert_eq!(job.stdout_of(returns), "returns without a newline");
+    assert_eq!(job.stdout_of(panics), "panics without a newline");
+    let exits = job.exits();
+    assert_eq!(exits[returns]["code"], 0);
+    assert_eq!(exits[panics]["code"], 101, "a panic ends a process with Rust's code for it");
+    assert_eq!(exits[panics]["panic"], "boom");
+    job.assert_nothing_left();
+}

@@ -480,6 +480,16 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Ends the process with `code` through libc's `exit`: the exit handlers run
+/// (the exit flush among them), but not Rust's own clean-up of `std::process::exit`,
+/// which the caller does what it needs of (flushing stdout); the rest of it
+/// (freeing the main thread's signal stack) is an unmap the kernel does anyway.
+pub(crate) fn exit(code: i32) -> ! {
+    // SAFETY: exit runs the registered handlers and ends the process; nothing
+    // of Rust's is left half-done by not returning.
+    unsafe { libc::exit(code) }
+}
+
 /// Registers `handler` to run at `exit`.
 pub(crate) fn at_exit(handler: extern "C" fn()) {
     // SAFETY: handler is a plain function that lives as long as the program.

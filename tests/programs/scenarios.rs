@@ -341,6 +341,24 @@ fn main() {
         "sender_to_self" => {
             let _sender = Sender::<u64>::new(pid());
         }
+        "unterminated_output" => {
+            // Each child's last line has no newline: it waits in stdout's buffer
+            // until the process ends, by returning or by a panic.
+            let returns = spawn(small(), FnOnce!(|_parent: Pid| print!("returns without a newline"))).block().unwrap();
+            let panics = spawn(
+                small(),
+                FnOnce!(|_parent: Pid| {
+                    print!("panics without a newline");
+                    panic!("boom");
+                }),
+            )
+            .block()
+            .unwrap();
+            println!("{returns} {panics}");
+            for child in [returns, panics] {
+                monitor(child).block();
+            }
+        }
         "silent_child" => {
             let child = spawn(small(), FnOnce!(|_parent: Pid| {})).block().unwrap();
             println!("recv: {:?}", Receiver::<u64>::new(child).recv().block());
