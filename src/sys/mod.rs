@@ -480,10 +480,10 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Ends the process with `code` through libc's `exit`: the exit handlers run
-/// (the exit flush among them), but not Rust's own clean-up of `std::process::exit`,
-/// which the caller does what it needs of (flushing stdout); the rest of it
-/// (freeing the main thread's signal stack) is an unmap the kernel does anyway.
+/// Ends the process with `code` through libc's `exit`, which runs the exit
+/// handlers (the exit flush among them) but none of Rust's clean-up: the caller
+/// flushes stdout itself. (`std::process::exit` also frees the main thread's
+/// signal stack, an unmap the kernel's exit does anyway.)
 pub(crate) fn exit(code: i32) -> ! {
     // SAFETY: exit runs the registered handlers and ends the process; nothing
     // of Rust's is left half-done by not returning.
