@@ -7,7 +7,7 @@
 //! jobs' bridges (by then their monitors have fenced them), spawns still on
 //! their way there included. A lost node is tried again until it answers, and
 //! then joins as a new one. Everything sent to a node goes through its
-//! [`NodeLink`]'s thread, so a node that stops reading holds up nothing else;
+//! `NodeLink`'s thread, so a node that stops reading holds up nothing else;
 //! likewise each job's bridge is written to by a thread of its own.
 
 use crate::{
