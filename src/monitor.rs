@@ -147,12 +147,12 @@ pub(crate) fn run(setup: Setup) -> ! {
                 .min()
             }
         };
-        let stream_fd = |s: &Stream| if s.open { s.fd.as_raw_fd() } else { -1 };
+        let [out_fd, err_fd, panic_fd] = streams.each_ref().map(|s| if s.open { s.fd.as_raw_fd() } else { -1 });
         let feeding = stdin.as_ref().filter(|s| !s.pending.is_empty());
         let fds = [
-            (stream_fd(&streams[0]), libc::POLLIN),
-            (stream_fd(&streams[1]), libc::POLLIN),
-            (stream_fd(&streams[2]), libc::POLLIN),
+            (out_fd, libc::POLLIN),
+            (err_fd, libc::POLLIN),
+            (panic_fd, libc::POLLIN),
             (bridge.as_raw_fd(), libc::POLLIN),
             (if ended.is_none() { pidfd.as_raw_fd() } else { -1 }, libc::POLLIN),
             (lease.as_ref().map_or(-1, |l| l.fd.as_raw_fd()), libc::POLLIN),

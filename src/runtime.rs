@@ -258,6 +258,9 @@ fn remove_own_variables() {
     }
 }
 
+/// The exit code of a Rust program whose `main` panicked.
+const PANIC_EXIT_CODE: i32 = 101;
+
 /// Starts a process the bridge (or, on a cluster, a node daemon) exec'd, or, in
 /// the zygote, each process it forks: read who it is from the inherited fds. The top process of a deployed job has no closure:
 /// `init` returns to its `main`.
@@ -489,9 +492,6 @@ fn start_runtime(start: Start, control: UnixStream, listeners: Listeners, panic_
     }));
     sys::at_exit(flush_at_exit);
 }
-
-/// The exit code of a Rust program whose `main` panicked.
-const PANIC_EXIT_CODE: i32 = 101;
 
 /// How long the exit flush waits without progress before giving up.
 const EXIT_FLUSH_IDLE: Duration = Duration::from_secs(5);

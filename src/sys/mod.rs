@@ -467,11 +467,9 @@ pub(crate) fn yield_now() {
 /// for a process whose remaining work (its own exit) is worth less than what
 /// the processes it just woke will do.
 pub(crate) fn step_aside() {
-    // SAFETY: setpriority and sched_yield take plain integers and touch no memory.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
-        libc::sched_yield();
-    }
+    // SAFETY: setpriority takes plain integers and touches no memory.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    yield_now();
 }
 
 /// Ends the process at once with `code`, running no exit handler.
