@@ -98,9 +98,18 @@ fn stop(supervisor: Pid) {
 
 fn main() {
     init(Resources::default());
-    let dir = std::env::temp_dir().join(format!("constellation-supervision-{}", std::process::id()));
+    // Named by the pid and the time: pids wrap (32768 on the development
+    // machine, past which a test run goes), and a failed run leaves its
+    // directory behind, whose markers would give a later run's children the
+    // wrong lives. Made with create_dir, so a clash fails loudly.
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!(
+        "constellation-supervision-{}-{}",
+        std::process::id(),
+        since_epoch.as_nanos()
+    ));
     std::env::set_var("SUPERVISION_RUN_DIR", &dir);
-    std::fs::create_dir_all(run_dir()).expect("making the run directory");
+    std::fs::create_dir(run_dir()).expect("making the run directory");
     register("top").expect("registering the top process");
     let events = Mailbox::<String>::open("events");
     let scenario = std::env::args().nth(1).unwrap_or_default();
