@@ -6,12 +6,15 @@
 //! Not part of the user-facing API: it changes with the daemons.
 
 pub use crate::proto::Heartbeats;
-use crate::{bridge, proto::FDS_VAR, runtime, sys, Placement, Resources, SpawnError};
+use crate::{bridge, proto::FDS_VAR, runtime, sys, zygote, Placement, Resources, SpawnError};
 use serde::{Deserialize, Serialize};
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    os::{fd::RawFd, unix::net::UnixStream},
+    os::{
+        fd::{OwnedFd, RawFd},
+        unix::net::UnixStream,
+    },
 };
 
 /// What a job's bridge asks of the master's scheduler.
@@ -175,4 +178,47 @@ pub fn monotonic_ns() -> u64 {
 /// Eight random bytes from the kernel.
 pub fn random_u64() -> u64 {
     sys::random_u64()
+}
+
+/// The environment variable (name, value) that makes a binary started by a node
+/// daemon a zygote of a deployed job: it goes through `init` and then forks one
+/// process for each [`order_fork`] on its end of a [`zygote_socket_pair`]
+/// (`socket`), reporting each one's end there ([`read_fork_report`]). It dies
+/// with the node daemon, and the processes it forked die with it.
+pub fn zygote_fds_var(socket: RawFd) -> (&'static str, String) {
+    (FDS_VAR, zygote::node_zygote_fds_var(socket, sys::getpid()))
+}
+
+/// A connected pair of close-on-exec sockets for a node's zygote: the node keeps
+/// one end, the zygote inherits the other.
+pub fn zygote_socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    sys::seqpacket_pair()
+}
+
+/// Orders a node's zygote to fork a process that starts from `fds` (its channel
+/// listener, its start record and the lease pipe, as in [`spawned_fds_var`]),
+/// tagged `tag` in the report of its end. Fails without blocking when the
+/// zygote is gone or has too many orders waiting.
+pub fn order_fork(socket: RawFd, tag: u64, fds: [RawFd; 3]) -> io::Result<()> {
+    sys::send_fds(socket, &tag.to_le_bytes(), &fds)
+}
+
+/// How a process forked by a node's zygote ended, as the zygote reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForkReport {
+    /// The tag its order carried.
+    pub tag: u64,
+    /// Its monitor's exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that killed its monitor, if one did.
+    pub signal: Option<i32>,
+}
+
+/// Waits for a node's zygote to report a forked process's end. `None` once the
+/// zygote has gone (and with it every process it forked that had not ended).
+pub fn read_fork_report(socket: RawFd) -> io::Result<Option<ForkReport>> {
+    Ok(zygote::read_report(socket)?.map(|(tag, status)| match status {
+        sys::WaitStatus::Exited(code) => ForkReport { tag, code: Some(code), signal: None },
+        sys::WaitStatus::Signaled(signal) => ForkReport { tag, code: None, signal: Some(signal) },
+    }))
 }

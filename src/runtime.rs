@@ -272,8 +272,8 @@ fn start_spawned(fds: &str) {
     }
     // A process forked from the zygote has the zygote as its parent.
     let (fds, forked_by): (Vec<RawFd>, Option<sys::OsPid>) = match zygote::zygote_socket(fds) {
-        Some((socket, bridge)) => {
-            let (fds, zygote) = zygote::serve(socket, bridge);
+        Some(socket) => {
+            let (fds, zygote) = zygote::serve(socket);
             (fds.to_vec(), Some(zygote))
         }
         None => (fds.split(',').filter_map(|fd| fd.parse().ok()).collect(), None),

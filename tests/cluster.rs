@@ -283,6 +283,49 @@ fn a_killed_node_loses_its_worker_at_once_the_supervisor_restarts_it_elsewhere_a
 }
 
 #[test]
+fn a_nodes_zygote_forks_the_jobs_processes_and_a_killed_zygote_takes_them_with_it() {
+    let cluster = Cluster::three_nodes(&[]);
+    let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
+    let first = wait_for_workers(&running, 1, Duration::from_secs(30), &cluster)[0].clone();
+    let node = node_at(&cluster, &first.0);
+    // worker <- its monitor <- the job's zygote <- the node daemon.
+    let line = ancestors(first.1);
+    assert_eq!(line.get(2), Some(&node.pid()), "the worker's monitor was not forked by a child of its node: {line:?}");
+    let zygote = line[1];
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    assert_eq!(exe(zygote), exe(first.1), "the zygote runs the job's binary");
+    let jobs = cluster.dir.join(format!("node{}", cluster.nodes.iter().position(|n| n.pid() == node.pid()).unwrap()));
+    let jobs = jobs.join("jobs");
+    assert_eq!(std::fs::read_dir(&jobs).map(|d| d.count()).unwrap_or(0), 1, "the job has a scratch directory");
+
+    // Its processes die with it, are reported killed, and the supervisor
+    // restarts the worker: from a new zygote.
+    // SAFETY: kill takes plain integers; the zygote is alive (its child is).
+    assert_eq!(unsafe { libc::kill(zygote, libc::SIGKILL) }, 0);
+    let second = wait_for_workers(&running, 2, Duration::from_secs(20), &cluster)[1].clone();
+    assert!(!alive(first.1), "the worker outlived its zygote");
+    let line = ancestors(second.1);
+    assert!(!line.contains(&zygote), "the new worker came from the killed zygote: {line:?}");
+    running.signal(libc::SIGINT, false);
+    let finished = running.finish();
+    let exits = finished.exits();
+    let killed: Vec<&String> =
+        exits.keys().filter(|pid| finished.stdout_of(pid).contains(&format!("os {}", first.1))).collect();
+    assert_eq!(killed.len(), 1, "{exits:?}");
+    assert_eq!(exits[killed[0]]["signal"], libc::SIGKILL, "{exits:?}");
+    finished.assert_nothing_left();
+    // The job's end took its zygotes and its scratch directories.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for node in 0..cluster.nodes.len() {
+        let jobs = cluster.dir.join(format!("node{node}")).join("jobs");
+        while std::fs::read_dir(&jobs).map(|d| d.count()).unwrap_or(0) > 0 {
+            assert!(std::time::Instant::now() < deadline, "a scratch directory is left in {}", jobs.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
 fn a_stopped_node_has_its_processes_fenced_by_their_monitors() {
     let cluster = Cluster::three_nodes(&FAST_LEASES);
     let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();

@@ -102,6 +102,8 @@ struct Job {
     binary: PathBuf,
     /// Each live process's node and resources.
     processes: HashMap<u64, (usize, Resources)>,
+    /// Every node the job has had a process on: each may hold its zygote.
+    hosts: HashSet<usize>,
 }
 
 struct Waiting {
@@ -492,10 +494,10 @@ impl Master {
             state.next_job - 1
         };
         std::thread::Builder::new().name(format!("to job {job}")).spawn(move || write_bridge(job, bridge, queued))?;
-        self.state
-            .lock()
-            .jobs
-            .insert(job, Job { bridge: queue, hash, binary, next_node: 0, processes: HashMap::new() });
+        self.state.lock().jobs.insert(
+            job,
+            Job { bridge: queue, hash, binary, next_node: 0, processes: HashMap::new(), hosts: HashSet::new() },
+        );
         let master = self.clone();
         if let Err(error) =
             std::thread::Builder::new().name(format!("job {job}")).spawn(move || master.read_bridge(job, reader))
@@ -553,7 +555,7 @@ impl Master {
             state.jobs.remove(&job)
         };
         let Some(entry) = entry else { return };
-        let hosts: HashSet<usize> = entry.processes.values().map(|&(node, _)| node).collect();
+        let hosts = entry.hosts;
         {
             let mut nodes = self.nodes.lock();
             for (index, resources) in entry.processes.values() {
@@ -575,6 +577,7 @@ impl Master {
             let node = self.reserve(&mut state, job, &resources, placement);
             if let (Some(node), Some(entry)) = (node, state.jobs.get_mut(&job)) {
                 entry.processes.insert(id, (node, resources));
+                entry.hosts.insert(node);
             }
             node
         };
@@ -602,6 +605,7 @@ impl Master {
                         let waiting = state.queue.remove(index).expect("index is in range");
                         if let Some(entry) = state.jobs.get_mut(&waiting.job) {
                             entry.processes.insert(waiting.id, (node, resources));
+                            entry.hosts.insert(node);
                         }
                         ready.push(Dispatch { node, job: waiting.job, id: waiting.id, image: waiting.image });
                     }

@@ -1,9 +1,14 @@
 //! The node role: accepts its master (and nobody else), caches the binaries it
-//! is sent by their hash, starts processes as its own children with the fds a
-//! deployed process starts from, reports how each ended, and holds the node's
-//! lease: it sends heartbeats, and each one the master acknowledges extends the
+//! is sent by their hash, starts processes with the fds a deployed process
+//! starts from, reports how each ended, and holds the node's lease: it sends heartbeats, and each one the master acknowledges extends the
 //! lease from when it was sent. Every process's monitor is told each new deadline
 //! and kills its process when the deadline passes unrenewed.
+//!
+//! A job's first process here also starts the job's zygote: the binary exec'd
+//! once, which forks each later process of the same arguments and environment
+//! (skipping the exec and the dynamic loader, as a local spawn does) and reports
+//! each one's end. Processes it cannot serve are exec'd as the node's own
+//! children. The zygote lives until its job is killed or its master goes.
 
 use crate::{
     auth::{self, Role},
@@ -19,7 +24,7 @@ use std::{
     io::{self, Write},
     net::{IpAddr, TcpListener, TcpStream},
     os::{
-        fd::AsRawFd,
+        fd::{AsRawFd, OwnedFd, RawFd},
         unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
     },
     path::PathBuf,
@@ -53,6 +58,36 @@ struct Process {
     /// The write end of its monitor's lease pipe.
     lease: fs::File,
     cgroup: String,
+    started: Started,
+}
+
+/// How a process was started, which says how to kill it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Started {
+    /// Exec'd as this daemon's child with this OS pid.
+    Exec(i32),
+    /// Forked by the zygote of this number, and killed with it.
+    Forked(u64),
+}
+
+/// A job's zygote: a process of the job's binary, this daemon's child, that
+/// forks the job's processes of its arguments and environment.
+struct Zygote {
+    session: u64,
+    job: u64,
+    hash: String,
+    args: Vec<Vec<u8>>,
+    vars: Vec<(Vec<u8>, Vec<u8>)>,
+    os_pid: i32,
+    /// This daemon's end of the zygote's socket: orders out, reports in.
+    socket: OwnedFd,
+}
+
+impl Zygote {
+    /// Whether a process forked from it is the one `image` of `hash` asks for.
+    fn serves(&self, hash: &str, image: &ProcessImage) -> bool {
+        self.hash == hash && self.args == image.args && self.vars == image.vars
+    }
 }
 
 /// One master's connection.
@@ -80,8 +115,13 @@ impl Session {
 struct Node {
     options: NodeOptions,
     ip: IpAddr,
-    /// Live processes by OS pid.
-    processes: Mutex<HashMap<i32, Process>>,
+    /// Live processes by their number on this node.
+    processes: Mutex<HashMap<u64, Process>>,
+    /// Live zygotes by their number on this node. Locked after `processes`
+    /// when both are.
+    zygotes: Mutex<HashMap<u64, Zygote>>,
+    /// The next number of a process or a zygote.
+    next_number: AtomicU64,
     current: Mutex<Option<Arc<Session>>>,
     next_session: AtomicU64,
 }
@@ -95,6 +135,8 @@ pub fn serve(listener: TcpListener, options: NodeOptions) -> io::Result<()> {
         options,
         ip: addr.ip(),
         processes: Mutex::new(HashMap::new()),
+        zygotes: Mutex::new(HashMap::new()),
+        next_number: AtomicU64::new(1),
         current: Mutex::new(None),
         next_session: AtomicU64::new(1),
     });
@@ -158,12 +200,26 @@ impl Node {
     fn end_session(&self, session: &Session, why: &str) {
         session.alive.store(false, Ordering::SeqCst);
         let _ = session.writer.lock().shutdown(std::net::Shutdown::Both);
-        let victims: Vec<i32> =
-            self.processes.lock().iter().filter(|(_, p)| p.session == session.id).map(|(&pid, _)| pid).collect();
-        log::info!("{why}; killing its {} processes", victims.len());
-        for pid in victims {
-            reaper::signal(pid, libc::SIGKILL);
+        let killed = self.kill(|p_session, _| p_session == session.id);
+        log::info!("{why}; killed its {killed} processes");
+    }
+
+    /// Kills the processes and zygotes whose (session, job) `which` picks;
+    /// returns how many processes that was.
+    fn kill(&self, which: impl Fn(u64, u64) -> bool) -> usize {
+        let processes = self.processes.lock();
+        let victims: Vec<&Process> = processes.values().filter(|p| which(p.session, p.job)).collect();
+        for process in &victims {
+            if let Started::Exec(os_pid) = process.started {
+                reaper::signal(os_pid, libc::SIGKILL);
+            }
         }
+        // The processes a zygote forked die with it; its reports' end tells
+        // this daemon so.
+        for zygote in self.zygotes.lock().values().filter(|z| which(z.session, z.job)) {
+            reaper::signal(zygote.os_pid, libc::SIGKILL);
+        }
+        victims.len()
     }
 
     fn run_session(self: &Arc<Self>, session: &Arc<Session>, stream: &mut TcpStream) -> io::Result<()> {
@@ -219,12 +275,8 @@ impl Node {
                     session.send(&answer);
                 }
                 ToNode::KillJob { job } => {
-                    let victims: Vec<i32> =
-                        self.processes.lock().iter().filter(|(_, p)| p.job == job).map(|(&pid, _)| pid).collect();
-                    log::debug!("killing the {} processes of job {job}", victims.len());
-                    for pid in victims {
-                        reaper::signal(pid, libc::SIGKILL);
-                    }
+                    let killed = self.kill(|_, p_job| p_job == job);
+                    log::debug!("killed the {killed} processes of job {job}");
                 }
             }
         }
@@ -294,55 +346,176 @@ impl Node {
         let start = cluster::memfd_with(&image.start)?;
         let (lease_read, lease_write) = crate::os::pipe()?;
         crate::os::set_nonblocking(&lease_write)?;
+        let fds = [listener.as_raw_fd(), start.as_raw_fd(), lease_read.as_raw_fd()];
         // Under the lock, so the job's last process ending cannot remove the
-        // scratch directory between its making and the exec.
+        // scratch directory between its making and the start.
         let mut processes = self.processes.lock();
         let scratch = self.options.work_dir.join("jobs").join(job.to_string());
         fs::create_dir_all(&scratch)?;
-        let mut command = Command::new(&binary);
-        let mut args = image.args.iter().map(|a| OsStr::from_bytes(a));
-        if let Some(arg0) = args.next() {
-            command.arg0(arg0);
-        }
-        let (name, value) = cluster::spawned_fds_var(listener.as_raw_fd(), start.as_raw_fd(), lease_read.as_raw_fd());
-        command
-            .args(args)
-            .env_clear()
-            .envs(image.vars.iter().map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))))
-            .env(name, value)
-            .current_dir(&scratch)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        if self.options.cpu_quota {
-            command.env(cluster::CPU_QUOTA_VAR, "1");
-        }
-        let node = self.clone();
-        let inherit = [listener.as_raw_fd(), start.as_raw_fd(), lease_read.as_raw_fd()];
-        let pid = reaper::spawn(&mut command, &inherit, move |pid, ended| node.on_exit(pid, ended))?;
+        let number = self.next_number.fetch_add(1, Ordering::SeqCst);
+        let started = match self.fork_from_zygote(session.id, job, hash, &image, &scratch, number, fds) {
+            Some(zygote) => Started::Forked(zygote),
+            None => {
+                let mut command = self.program(&binary, &image, &scratch);
+                let (name, value) = cluster::spawned_fds_var(fds[0], fds[1], fds[2]);
+                command.env(name, value);
+                let node = self.clone();
+                Started::Exec(reaper::spawn(&mut command, &fds, move |_, ended| node.process_ended(number, ended))?)
+            }
+        };
         let mut lease = fs::File::from(lease_write);
         let deadline = session.deadline.load(Ordering::SeqCst);
         if deadline != 0 {
             let _ = lease.write_all(&deadline.to_le_bytes());
         }
-        processes.insert(pid, Process { job, id, session: session.id, lease, cgroup: image.cgroup });
-        log::debug!("started process {id} of job {job} as OS pid {pid}, port {port}");
+        processes.insert(number, Process { job, id, session: session.id, lease, cgroup: image.cgroup, started });
+        log::debug!("started process {id} of job {job} (number {number}), port {port}");
         Ok(port)
     }
 
-    /// Called by the reaper when a monitor has ended: tell the master, remove the
-    /// process's cgroup, and the job's scratch directory after its last process.
-    fn on_exit(&self, pid: i32, ended: reaper::Ended) {
-        let mut processes = self.processes.lock();
-        let Some(process) = processes.remove(&pid) else { return };
-        if !processes.values().any(|p| p.job == process.job) {
-            let _ = fs::remove_dir_all(self.options.work_dir.join("jobs").join(process.job.to_string()));
+    /// The command that runs `binary` as `image` says, in `scratch`.
+    fn program(&self, binary: &std::path::Path, image: &ProcessImage, scratch: &std::path::Path) -> Command {
+        let mut command = Command::new(binary);
+        let mut args = image.args.iter().map(|a| OsStr::from_bytes(a));
+        if let Some(arg0) = args.next() {
+            command.arg0(arg0);
         }
+        command
+            .args(args)
+            .env_clear()
+            .envs(image.vars.iter().map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))))
+            .current_dir(scratch)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if self.options.cpu_quota {
+            command.env(cluster::CPU_QUOTA_VAR, "1");
+        }
+        command
+    }
+
+    /// Orders process `number` from the job's zygote, starting the zygote if the
+    /// job has none; returns the zygote's number, or `None` if the process is to
+    /// be exec'd: the job's zygote runs other arguments or environment, is gone,
+    /// or could not be started.
+    #[allow(clippy::too_many_arguments)]
+    fn fork_from_zygote(
+        self: &Arc<Self>,
+        session: u64,
+        job: u64,
+        hash: &str,
+        image: &ProcessImage,
+        scratch: &std::path::Path,
+        number: u64,
+        fds: [RawFd; 3],
+    ) -> Option<u64> {
+        let mut zygotes = self.zygotes.lock();
+        let existing = zygotes.iter().find(|(_, z)| z.session == session && z.job == job).map(|(&n, _)| n);
+        let zygote_number = match existing {
+            Some(zygote_number) => zygote_number,
+            None => {
+                let zygote_number = self.next_number.fetch_add(1, Ordering::SeqCst);
+                let zygote = self
+                    .start_zygote(zygote_number, session, job, hash, image, scratch)
+                    .map_err(|error| log::warn!("starting a zygote for job {job}: {error}"))
+                    .ok()?;
+                zygotes.insert(zygote_number, zygote);
+                zygote_number
+            }
+        };
+        let zygote = zygotes.get(&zygote_number).filter(|z| z.serves(hash, image))?;
+        cluster::order_fork(zygote.socket.as_raw_fd(), number, fds).ok()?;
+        Some(zygote_number)
+    }
+
+    /// Execs the job's zygote with `image`'s arguments and environment, and
+    /// starts the thread that reads its reports (which waits for the caller's
+    /// locks before acting on them).
+    fn start_zygote(
+        self: &Arc<Self>,
+        number: u64,
+        session: u64,
+        job: u64,
+        hash: &str,
+        image: &ProcessImage,
+        scratch: &std::path::Path,
+    ) -> io::Result<Zygote> {
+        let (socket, theirs) = cluster::zygote_socket_pair()?;
+        let reader = socket.try_clone()?;
+        let mut command = self.program(&self.binary_path(hash), image, scratch);
+        let (name, value) = cluster::zygote_fds_var(theirs.as_raw_fd());
+        command.env(name, value);
+        let os_pid = reaper::spawn(&mut command, &[theirs.as_raw_fd()], move |os_pid, ended| {
+            log::debug!("the zygote of job {job} (OS pid {os_pid}) ended: {ended:?}");
+        })?;
+        let node = self.clone();
+        if let Err(error) =
+            std::thread::Builder::new().name("zygote".into()).spawn(move || node.read_zygote_reports(number, reader))
+        {
+            reaper::signal(os_pid, libc::SIGKILL);
+            return Err(error);
+        }
+        log::debug!("started a zygote for job {job} as OS pid {os_pid}");
+        Ok(Zygote {
+            session,
+            job,
+            hash: hash.to_string(),
+            args: image.args.clone(),
+            vars: image.vars.clone(),
+            os_pid,
+            socket,
+        })
+    }
+
+    /// Passes on the ends a zygote reports until it has gone; then the processes
+    /// it forked that had not ended are gone with it, killed.
+    fn read_zygote_reports(&self, zygote: u64, socket: OwnedFd) {
+        loop {
+            match cluster::read_fork_report(socket.as_raw_fd()) {
+                Ok(Some(report)) => {
+                    self.process_ended(report.tag, reaper::Ended { code: report.code, signal: report.signal })
+                }
+                // A zygote killed with orders unread resets the connection.
+                Ok(None) => break,
+                Err(error) if error.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(error) => {
+                    log::warn!("reading the reports of a zygote: {error}");
+                    break;
+                }
+            }
+        }
+        let processes = self.processes.lock();
+        let Some(gone) = self.zygotes.lock().remove(&zygote) else { return };
+        let orphans: Vec<u64> =
+            processes.iter().filter(|(_, p)| p.started == Started::Forked(zygote)).map(|(&n, _)| n).collect();
+        drop(processes);
+        log::debug!("the zygote of job {} has gone, and with it {} processes", gone.job, orphans.len());
+        for number in orphans {
+            self.process_ended(number, reaper::Ended { code: None, signal: Some(libc::SIGKILL) });
+        }
+        self.remove_scratch_if_unused(&self.processes.lock(), gone.job);
+    }
+
+    /// Called when the monitor of process `number` has ended (the reaper or
+    /// its zygote says so): tell the master, remove the process's cgroup, and
+    /// the job's scratch directory after its last process.
+    fn process_ended(&self, number: u64, ended: reaper::Ended) {
+        let mut processes = self.processes.lock();
+        let Some(process) = processes.remove(&number) else { return };
+        self.remove_scratch_if_unused(&processes, process.job);
         drop(processes);
         cluster::remove_cgroup(&process.cgroup);
         log::debug!("process {} of job {} ended: {ended:?}", process.id, process.job);
         let current = self.current.lock().clone();
         if let Some(session) = current.filter(|s| s.id == process.session) {
             session.send(&FromNode::Ended { job: process.job, id: process.id, code: ended.code, signal: ended.signal });
+        }
+    }
+
+    /// Removes the scratch directory of `job` if neither a process (of
+    /// `processes`, the locked table) nor a zygote of the job is left.
+    fn remove_scratch_if_unused(&self, processes: &HashMap<u64, Process>, job: u64) {
+        if !processes.values().any(|p| p.job == job) && !self.zygotes.lock().values().any(|z| z.job == job) {
+            let _ = fs::remove_dir_all(self.options.work_dir.join("jobs").join(job.to_string()));
         }
     }
 

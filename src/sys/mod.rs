@@ -593,3 +593,57 @@ pub(crate) fn limit_cpu_time(limit: Duration) -> io::Result<()> {
     // SAFETY: limit is a valid rlimit.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_CPU, &limit) }).map(drop)
 }
+
+/// SIGCHLD blocked and read from a signalfd instead, for a single-threaded
+/// process that polls for its children's ends beside other fds.
+#[derive(Debug)]
+pub(crate) struct ChildSignals {
+    fd: OwnedFd,
+    old_mask: libc::sigset_t,
+}
+
+impl ChildSignals {
+    /// Blocks SIGCHLD and opens a non-blocking signalfd for it.
+    pub(crate) fn open() -> io::Result<ChildSignals> {
+        // SAFETY: the sigset calls fill and read a valid, initialised sigset_t;
+        // sigprocmask stores the old mask in another; signalfd returns a new fd.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old_mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            cvt(libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old_mask))?;
+            let fd = cvt(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK))?;
+            Ok(ChildSignals { fd: OwnedFd::from_raw_fd(fd), old_mask })
+        }
+    }
+
+    /// The fd to poll: readable once a child has changed state.
+    pub(crate) fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads away the pending notices; the caller then reaps until none is left.
+    pub(crate) fn clear(&self) {
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        while read(self.fd.as_raw_fd(), &mut info).is_ok_and(|n| n == info.len()) {}
+    }
+
+    /// In a forked child: closes the fd and unblocks SIGCHLD again.
+    pub(crate) fn close(self) {
+        // SAFETY: old_mask is the mask sigprocmask saved in `open`.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
+    }
+}
+
+/// Sends one message on a `SOCK_SEQPACKET` socket, blocking until it fits.
+pub(crate) fn send_packet(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
+    loop {
+        // SAFETY: bytes is a valid buffer of its length.
+        match cvt(unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) }) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
