@@ -1,8 +1,9 @@
 //! The node role: accepts its master (and nobody else), caches the binaries it
 //! is sent by their hash, starts processes with the fds a deployed process
-//! starts from, reports how each ended, and holds the node's lease: it sends heartbeats, and each one the master acknowledges extends the
-//! lease from when it was sent. Every process's monitor is told each new deadline
-//! and kills its process when the deadline passes unrenewed.
+//! starts from, reports how each ended, and holds the node's lease: it sends
+//! heartbeats, and each one the master acknowledges extends the lease from when
+//! it was sent. Every process's monitor is told each new deadline and kills its
+//! process when the deadline passes unrenewed.
 //!
 //! A job's first process here also starts the job's zygote: the binary exec'd
 //! once, which forks each later process of the same arguments and environment
