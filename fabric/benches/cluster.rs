@@ -114,11 +114,13 @@ impl LoopbackCluster {
         let dir = std::env::temp_dir().join(format!("constellation-bench-cluster-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("making the bench's directory");
         let mut daemons = Vec::new();
-        let start = |args: Vec<String>, prefix: &str, daemons: &mut Vec<Child>| {
+        let start = |args: Vec<String>, prefix: &str, stderr: Stdio, daemons: &mut Vec<Child>| {
             let mut child = Command::new(daemon)
                 .args(args)
+                // The master's "joined" lines are at the info level.
+                .env("CONSTELLATION_LOG", "info")
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .expect("starting a daemon");
             let mut line = String::new();
@@ -131,15 +133,33 @@ impl LoopbackCluster {
         );
         for (index, ip) in ["127.0.0.2", "127.0.0.3"].into_iter().enumerate() {
             let work = dir.join(format!("node{index}")).display().to_string();
-            let addr = start(vec!["--work-dir".into(), work, format!("{ip}:0")], "listening on ", &mut daemons);
+            let addr =
+                start(vec!["--work-dir".into(), work, format!("{ip}:0")], "listening on ", Stdio::null(), &mut daemons);
             toml.push_str(&format!("[[nodes]]\nfabric_addr = \"{addr}\"\nmem = \"8 GiB\"\ncpu = 2\n"));
         }
         let nodes = dir.join("nodes.toml");
         std::fs::write(&nodes, toml).expect("writing nodes.toml");
         let work = dir.join("master").display().to_string();
         let args = vec!["--work-dir".into(), work, "127.0.0.1:0".into(), nodes.display().to_string()];
-        let bridge = start(args, "bridge listening on ", &mut daemons);
-        std::thread::sleep(Duration::from_millis(100));
+        let bridge = start(args, "bridge listening on ", Stdio::piped(), &mut daemons);
+        // Measure once both nodes have joined: a spawn before finds no room.
+        let master_log = daemons.last_mut().and_then(|master| master.stderr.take()).expect("piped");
+        let (joined, all_joined) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut count = 0;
+            // Read to the end, so the master never blocks on a full pipe.
+            for line in BufReader::new(master_log).lines().map_while(Result::ok) {
+                if line.contains(" joined (") {
+                    count += 1;
+                    if count == 2 {
+                        let _ = joined.send(());
+                    }
+                }
+            }
+        });
+        if all_joined.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("the nodes did not join the master within 30 s");
+        }
         LoopbackCluster { daemons, bridge, dir }
     }
 }
