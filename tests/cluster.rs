@@ -326,6 +326,22 @@ fn a_nodes_zygote_forks_the_jobs_processes_and_a_killed_zygote_takes_them_with_i
 }
 
 #[test]
+fn a_spawn_sees_the_environment_of_its_spawn_whether_the_nodes_zygote_forks_it_or_not() {
+    // One node: every process of the job lands there. The zygote has the
+    // environment of the job's first process; the spawn made with a variable
+    // set is exec'd, the ones after it are forked again.
+    let node = util::cluster::Node { ip: "127.0.0.2", mem: "2 GiB", cpu: 1.0 };
+    let cluster = Cluster::start(&[node], &[]);
+    let finished = cluster.deploy("scenarios", &["inherit_changes", "/tmp"]).run();
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr_text());
+    for (line, seen) in [("first:", "unset"), ("changed:", "yes"), ("moved:", "unset"), ("back:", "unset")] {
+        let found = finished.line(line);
+        assert!(found.starts_with(&format!("{line} {seen} in ")), "{found}\n{}", cluster.logs());
+    }
+    finished.assert_nothing_left();
+}
+
+#[test]
 fn a_stopped_node_has_its_processes_fenced_by_their_monitors() {
     let cluster = Cluster::three_nodes(&FAST_LEASES);
     let running = cluster.deploy("cluster_scenarios", &["supervised"]).start();
