@@ -7,26 +7,35 @@
 //! batch it writes. Everything else (the socket, the dirty list, waking the I/O
 //! thread) happens under `Net`'s lock, taken before this one.
 //!
-//! The lock is a spin lock that yields to its holder: one atomic exchange to
-//! lock and a plain store to unlock, where a parking mutex costs two atomic
-//! exchanges. The other party, the I/O thread, takes it once per batch, and
-//! holds it at most for one write.
+//! The lock is biased to the first thread that sends (see
+//! [`BiasedLock`]): that thread locks it with plain stores. The other party,
+//! the I/O thread, takes it once per batch it writes (a few hundred times a
+//! second in a stream of small values), and pays a `membarrier` each time.
 
-use crate::{codec::CodecError, net::SEND_BOUND, outbox::Outbox, sys};
-use spin::{mutex::SpinMutexGuard as MutexGuard, relax::Yield};
+use crate::{
+    biased::{BiasedGuard as MutexGuard, BiasedLock},
+    codec::CodecError,
+    net::SEND_BOUND,
+    outbox::Outbox,
+    sys,
+};
 use std::{
     os::fd::RawFd,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
     task::Waker,
 };
 
 /// The outgoing side of one peer.
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
-    state: spin::mutex::SpinMutex<LaneState, Yield>,
+    state: BiasedLock<LaneState>,
     /// A value was received from the peer since one was last sent to it (the
     /// next value sent is a reply, written at once).
     reply_due: AtomicBool,
+    /// How many times a sender has written the lane to its socket itself;
+    /// changed under the lock, read by the I/O thread without it (see
+    /// [`Lane::inline_writes`]).
+    inline_writes: AtomicU32,
 }
 
 /// What [`Lane`]'s lock guards.
@@ -66,9 +75,17 @@ pub(crate) enum Appended {
 }
 
 impl Lane {
-    /// Locks the state.
+    /// Locks the state, for `Net` (the I/O thread, or a sender's thread in
+    /// `Net`'s code): the lock stays biased to the thread that sends.
     pub(crate) fn lock(&self) -> MutexGuard<'_, LaneState> {
-        self.state.lock()
+        self.state.lock_unowned()
+    }
+
+    /// How many times a sender has written the lane to its socket itself: the
+    /// I/O thread leaves a lane whose count moved since its last look to its
+    /// sender, which streams, instead of taking its lock to write a part.
+    pub(crate) fn inline_writes(&self) -> u32 {
+        self.inline_writes.load(Ordering::Relaxed)
     }
 
     /// Notes that a value was received from the peer.
@@ -117,6 +134,9 @@ impl Lane {
                 // What cannot be written now stays queued for the I/O thread,
                 // which hears when the socket has room again (or has failed).
                 let _ = state.out.write_to(&mut sys::SocketWriter(fd));
+                // Under the lock: no other writer of the count can interleave.
+                let writes = self.inline_writes.load(Ordering::Relaxed);
+                self.inline_writes.store(writes.wrapping_add(1), Ordering::Relaxed);
                 // A full socket is tried again once as much more is queued, not
                 // for every value (each try would be a failed system call).
                 let left = state.out.queued();

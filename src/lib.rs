@@ -29,6 +29,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod attention;
+mod biased;
 mod block;
 mod bridge;
 mod channel;

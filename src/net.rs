@@ -100,6 +100,8 @@ pub(crate) struct Peer {
     /// The peer's current `Sender` sends a type other than our `Receiver`'s.
     pub(crate) mismatched: bool,
     pub(crate) recv_waker: Option<Waker>,
+    /// The lane's [`Lane::inline_writes`] at the I/O thread's last look.
+    inline_writes_seen: u32,
 }
 
 impl Peer {
@@ -461,6 +463,30 @@ impl Net {
             }
             self.flush_peer(pid);
         }
+    }
+
+    /// The I/O thread's [`flush_dirty`](Net::flush_dirty): leaves on the list,
+    /// untouched, each peer whose sender wrote to its socket itself since the
+    /// last look (it streams, and writes what it queues within the next
+    /// moment or stops; the next look, one coalescing pause later, writes what
+    /// is left then). Returns whether any was left.
+    pub(crate) fn flush_idle_dirty(&mut self) -> bool {
+        let mut streaming = Vec::new();
+        for pid in std::mem::take(&mut self.dirty) {
+            if let Some(peer) = self.peers.get_mut(&pid) {
+                let writes = peer.lane.inline_writes();
+                if writes != peer.inline_writes_seen && !peer.gone() {
+                    peer.inline_writes_seen = writes;
+                    streaming.push(pid);
+                    continue;
+                }
+                peer.lane.lock().dirty = false;
+            }
+            self.flush_peer(pid);
+        }
+        let left = !streaming.is_empty();
+        self.dirty.extend(streaming);
+        left
     }
 
     /// Writes `pid`'s queued frames to its established connection.

@@ -125,8 +125,14 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
     };
     let mut fast = FastPath { sockets: HashMap::new(), epoch: 0, control };
     let mut left = Vec::new();
+    // Lanes left to senders that write them themselves: look again after a
+    // coalescing pause.
+    let mut streaming = false;
     loop {
-        let timeout = next_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut timeout = next_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if streaming {
+            timeout = Some(timeout.map_or(COALESCE, |t| t.min(COALESCE)));
+        }
         if let Err(error) = poll.poll(&mut events, timeout) {
             if error.kind() != std::io::ErrorKind::Interrupted {
                 log::error!("the I/O loop failed: {error}");
@@ -173,7 +179,7 @@ pub(crate) fn run(runtime: &'static Runtime, mut poll: Poll) {
                     event.is_read_closed() || event.is_error(),
                 );
             }
-            net.flush_dirty();
+            streaming = net.flush_idle_dirty();
             net.flush_requests();
             wake.append(&mut net.to_wake);
             runtime.progress.notify_all();

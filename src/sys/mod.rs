@@ -647,3 +647,49 @@ pub(crate) fn send_packet(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
         }
     }
 }
+
+/// `membarrier` commands (linux/membarrier.h).
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+fn membarrier_call(command: libc::c_int) -> io::Result<()> {
+    // SAFETY: membarrier takes plain integers and touches no memory.
+    cvt(unsafe { libc::syscall(libc::SYS_membarrier, command, 0, 0) }).map(drop)
+}
+
+/// Whether [`membarrier`] works in this process: registers the process for
+/// it the first time it is asked in this process (a fork is asked anew).
+pub(crate) fn membarrier_ready() -> bool {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    /// The process that registered (or, negated, that failed to).
+    static REGISTERED: AtomicI32 = AtomicI32::new(0);
+    let me = getpid().0;
+    match REGISTERED.load(Ordering::Relaxed) {
+        pid if pid == me => true,
+        pid if pid == -me => false,
+        _ => {
+            let ready = membarrier_call(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED).is_ok();
+            REGISTERED.store(if ready { me } else { -me }, Ordering::Relaxed);
+            ready
+        }
+    }
+}
+
+/// Runs a full memory barrier on every CPU that runs a thread of this
+/// process. Only called where [`membarrier_ready`] said yes in this process
+/// or the one it was forked from.
+pub(crate) fn membarrier() {
+    if membarrier_call(MEMBARRIER_CMD_PRIVATE_EXPEDITED).is_ok() {
+        return;
+    }
+    // A fork must register again; failing that, the slower global barrier.
+    if membarrier_ready() && membarrier_call(MEMBARRIER_CMD_PRIVATE_EXPEDITED).is_ok() {
+        return;
+    }
+    if membarrier_call(MEMBARRIER_CMD_GLOBAL).is_err() {
+        let _ = write_all(2, b"constellation: membarrier stopped working in this process; a lock cannot be kept\n");
+        // SAFETY: abort is always safe to call.
+        unsafe { libc::abort() };
+    }
+}
