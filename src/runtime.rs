@@ -441,6 +441,10 @@ fn become_process(
 
 /// Sets up the runtime of the user's process and its I/O thread.
 fn start_runtime(start: Start, control: UnixStream, listeners: Listeners, panic_write: OwnedFd) {
+    // Registering for `membarrier` (which the channels' locks use, see
+    // `biased`) costs ~1 µs while the process has one thread, and an RCU grace
+    // period (~10 ms) once it has more: now, before the I/O thread starts.
+    sys::membarrier_ready();
     let Listeners { tcp: listener, local } = listeners;
     let me = listener
         .local_addr()

@@ -660,6 +660,8 @@ fn membarrier_call(command: libc::c_int) -> io::Result<()> {
 
 /// Whether [`membarrier`] works in this process: registers the process for
 /// it the first time it is asked in this process (a fork is asked anew).
+/// Ask first while the process has a single thread: registering then is
+/// cheap, and with more threads it waits for an RCU grace period.
 pub(crate) fn membarrier_ready() -> bool {
     use std::sync::atomic::{AtomicI32, Ordering};
     /// The process that registered (or, negated, that failed to).
