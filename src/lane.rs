@@ -7,10 +7,11 @@
 //! batch it writes. Everything else (the socket, the dirty list, waking the I/O
 //! thread) happens under `Net`'s lock, taken before this one.
 //!
-//! The lock is biased to the first thread that sends (see
-//! [`BiasedLock`]): that thread locks it with plain stores. The other party,
-//! the I/O thread, takes it once per batch it writes (a few hundred times a
-//! second in a stream of small values), and pays a `membarrier` each time.
+//! The lock is biased to the first thread that sends (see [`BiasedLock`]):
+//! that thread locks it with plain stores. The other party, the I/O thread,
+//! takes it once per batch it writes, and pays a `membarrier` each time; it
+//! leaves alone a lane whose sender streams and writes it itself (see
+//! [`Lane::inline_writes`]).
 
 use crate::{
     biased::{BiasedGuard as MutexGuard, BiasedLock},
