@@ -1,7 +1,8 @@
 //! `BiasedLock`: a lock for data that one thread takes almost every time, such
 //! as a channel's sending or receiving side in a loop.
 //!
-//! The first thread to lock it becomes its owner, and the owner locks and
+//! The first thread to lock it with [`BiasedLock::lock`] becomes its owner
+//! ([`BiasedLock::lock_unowned`] never makes one), and the owner locks and
 //! unlocks it with plain loads and stores: no atomic read-modify-write, which
 //! costs ~12 ns on the development machine and drains the store buffer. Any
 //! other thread takes a spin lock, says it wants in, and calls
@@ -9,7 +10,8 @@
 //! barrier on every CPU running a thread of this process; after it, an owner
 //! inside is seen inside, and an owner coming in sees it wanted, and takes the
 //! spin lock too. This is Dekker's mutual exclusion with the owner's half of
-//! the barrier moved to the other side (as in Folly's `AsymmetricMutex`).
+//! the barrier moved to the other side (the asymmetric barriers of Folly and
+//! liburcu work the same way).
 //!
 //! A process where `membarrier` is missing or refused has no owners: every
 //! thread takes the spin lock. So has a lock whose other threads paid too many
