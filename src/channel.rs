@@ -643,7 +643,9 @@ impl<T: DeserializeOwned> Receiver<T> {
                     let unread =
                         peer.attention.take_skipped() || peer.read_paused || fd.is_some_and(block::saw_readable);
                     if read || !unread {
-                        peer.recv_waker = Some(cx.waker().clone());
+                        if !peer.recv_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                            peer.recv_wakers.push(cx.waker().clone());
+                        }
                         if let Some(fd) = fd {
                             block::waiting_on(fd, &peer.attention, cx.waker());
                         }
@@ -652,9 +654,7 @@ impl<T: DeserializeOwned> Receiver<T> {
                     // This task reads what came itself: a wake-up for it would
                     // only make its thread poll once more.
                     let peer = net.peer(self.pid);
-                    if peer.recv_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        peer.recv_waker = None;
-                    }
+                    peer.recv_wakers.retain(|w| !w.will_wake(cx.waker()));
                     net.read_peer(self.pid);
                     read = true;
                     continue;
@@ -699,7 +699,7 @@ impl<T: DeserializeOwned> Drop for Receiver<T> {
             peer.inbox.unread(taken.frames.rest());
             peer.mismatched = taken.mismatched;
             peer.has_receiver = false;
-            peer.recv_waker = None;
+            peer.recv_wakers.clear();
             net.forget_if_done(self.pid);
         });
     }

@@ -99,7 +99,9 @@ pub(crate) struct Peer {
     pub(crate) has_receiver: bool,
     /// The peer's current `Sender` sends a type other than our `Receiver`'s.
     pub(crate) mismatched: bool,
-    pub(crate) recv_waker: Option<Waker>,
+    /// The tasks waiting in `recv` on our `Receiver` from it: more than one
+    /// when threads share the `Receiver`, and each must hear of the end.
+    pub(crate) recv_wakers: Vec<Waker>,
     /// The lane's [`Lane::inline_writes`] at the I/O thread's last look.
     inline_writes_seen: u32,
 }
@@ -677,7 +679,7 @@ impl Net {
                     peer.attention.take_skipped();
                     let result = peer.inbox.read_from(fd);
                     if matches!(result, Ok((n, _)) if n > 0) && peer.inbox.has_frame() {
-                        self.to_wake.extend(peer.recv_waker.take());
+                        self.to_wake.append(&mut peer.recv_wakers);
                     }
                     match result {
                         // A short read emptied the socket: the next bytes to come
@@ -717,7 +719,7 @@ impl Net {
                 let peer = self.peers.get_mut(&pid).expect("established sockets have peers");
                 peer.inbox.extend(&buf[pos..]);
                 if peer.inbox.has_frame() {
-                    self.to_wake.extend(peer.recv_waker.take());
+                    self.to_wake.append(&mut peer.recv_wakers);
                 }
                 pos = buf.len();
                 break;
@@ -902,7 +904,7 @@ impl Net {
 
     fn wake_peer(&mut self, pid: Pid) {
         if let Some(peer) = self.peers.get_mut(&pid) {
-            self.to_wake.extend(peer.recv_waker.take());
+            self.to_wake.append(&mut peer.recv_wakers);
             self.to_wake.extend(peer.lane.lock().send_waker.take());
         }
     }

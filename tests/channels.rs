@@ -80,6 +80,13 @@ fn small_values_get_past_a_full_socket_in_order() {
 }
 
 #[test]
+fn a_sender_and_a_receiver_shared_by_threads_lose_and_reorder_nothing() {
+    let job = Job::new("scenarios", &["shared_ends"]).run();
+    assert_eq!(job.code, Some(0), "{}", job.stderr_text());
+    assert_eq!(job.line("received "), "received 1000000, each once true, in order true");
+}
+
+#[test]
 fn a_type_mismatch_is_an_error() {
     let job = Job::new("scenarios", &["type_mismatch"]).run();
     assert_eq!(job.line("recv: "), "recv: Err(TypeMismatch { expected: \"u64\", found: \"alloc::string::String\" })");

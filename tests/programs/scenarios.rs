@@ -429,6 +429,60 @@ fn main() {
             let in_order = (0..N).all(|i| receiver.recv().block() == Ok(i));
             println!("received {N} in order {in_order}, then {:?}", receiver.recv().block());
         }
+        "shared_ends" => {
+            // One Sender used by four threads at once, one Receiver by two:
+            // each value arrives once, and each sending thread's values reach
+            // each receiving thread in the order they were sent.
+            const THREADS: u64 = 4;
+            const EACH: u64 = 250_000;
+            let child = spawn(
+                small(),
+                FnOnce!(|parent: Pid| {
+                    let sender = std::sync::Arc::new(Sender::<u64>::new(parent));
+                    let threads: Vec<_> = (0..THREADS)
+                        .map(|t| {
+                            let sender = sender.clone();
+                            std::thread::spawn(move || {
+                                for i in 0..EACH {
+                                    sender.send(t << 32 | i).block();
+                                }
+                            })
+                        })
+                        .collect();
+                    for thread in threads {
+                        thread.join().unwrap();
+                    }
+                }),
+            )
+            .block()
+            .unwrap();
+            let receiver = std::sync::Arc::new(Receiver::<u64>::new(child));
+            let receivers: Vec<_> = (0..2)
+                .map(|_| {
+                    let receiver = receiver.clone();
+                    std::thread::spawn(move || {
+                        let mut got = Vec::new();
+                        while let Ok(value) = receiver.recv().block() {
+                            got.push(value);
+                        }
+                        got
+                    })
+                })
+                .collect();
+            let views: Vec<Vec<u64>> = receivers.into_iter().map(|r| r.join().unwrap()).collect();
+            let in_order = views.iter().all(|view| {
+                (0..THREADS).all(|t| {
+                    let mine: Vec<u64> = view.iter().filter(|v| *v >> 32 == t).map(|v| v & 0xffff_ffff).collect();
+                    mine.windows(2).all(|w| w[0] < w[1])
+                })
+            });
+            let mut all: Vec<u64> = views.concat();
+            let count = all.len();
+            all.sort_unstable();
+            all.dedup();
+            let expected: Vec<u64> = (0..THREADS).flat_map(|t| (0..EACH).map(move |i| t << 32 | i)).collect();
+            println!("received {count}, each once {}, in order {in_order}", all == expected);
+        }
         "receiver_reopened" => {
             // Small values are taken from the connection many at a time: those a
             // dropped Receiver took and did not receive go to the next one, in order.
