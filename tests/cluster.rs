@@ -294,16 +294,21 @@ fn a_nodes_zygote_forks_the_jobs_processes_and_a_killed_zygote_takes_them_with_i
     let zygote = line[1];
     let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     assert_eq!(exe(zygote), exe(first.1), "the zygote runs the job's binary");
-    let jobs = cluster.dir.join(format!("node{}", cluster.nodes.iter().position(|n| n.pid() == node.pid()).unwrap()));
-    let jobs = jobs.join("jobs");
+    let index = cluster.nodes.iter().position(|n| n.pid() == node.pid()).expect("the worker's node is one of them");
+    let jobs = cluster.dir.join(format!("node{index}")).join("jobs");
     assert_eq!(std::fs::read_dir(&jobs).map(|d| d.count()).unwrap_or(0), 1, "the job has a scratch directory");
 
     // Its processes die with it, are reported killed, and the supervisor
     // restarts the worker: from a new zygote.
     // SAFETY: kill takes plain integers; the zygote is alive (its child is).
     assert_eq!(unsafe { libc::kill(zygote, libc::SIGKILL) }, 0);
+    let killed_at = std::time::Instant::now();
+    // The kill reaches the worker through two parent-death signals.
+    while alive(first.1) {
+        assert!(killed_at.elapsed() < Duration::from_secs(5), "the worker outlived its zygote");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let second = wait_for_workers(&running, 2, Duration::from_secs(20), &cluster)[1].clone();
-    assert!(!alive(first.1), "the worker outlived its zygote");
     let line = ancestors(second.1);
     assert!(!line.contains(&zygote), "the new worker came from the killed zygote: {line:?}");
     running.signal(libc::SIGINT, false);
