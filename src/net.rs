@@ -459,12 +459,7 @@ impl Net {
 
     /// Writes what every peer has queued, as far as the sockets take it.
     pub(crate) fn flush_dirty(&mut self) {
-        for pid in std::mem::take(&mut self.dirty) {
-            if let Some(peer) = self.peers.get(&pid) {
-                peer.lane.lock().dirty = false;
-            }
-            self.flush_peer(pid);
-        }
+        self.flush_lanes(false);
     }
 
     /// The I/O thread's [`flush_dirty`](Net::flush_dirty): leaves on the list,
@@ -473,11 +468,17 @@ impl Net {
     /// moment or stops; the next look, one coalescing pause later, writes what
     /// is left then). Returns whether any was left.
     pub(crate) fn flush_idle_dirty(&mut self) -> bool {
+        self.flush_lanes(true)
+    }
+
+    /// Writes the dirty lanes, leaving those of streaming senders if
+    /// `leave_streaming`; returns whether any was left.
+    fn flush_lanes(&mut self, leave_streaming: bool) -> bool {
         let mut streaming = Vec::new();
         for pid in std::mem::take(&mut self.dirty) {
             if let Some(peer) = self.peers.get_mut(&pid) {
                 let writes = peer.lane.inline_writes();
-                if writes != peer.inline_writes_seen && !peer.gone() {
+                if leave_streaming && writes != peer.inline_writes_seen && !peer.gone() {
                     peer.inline_writes_seen = writes;
                     streaming.push(pid);
                     continue;
