@@ -83,7 +83,7 @@ fn the_discovery_mode_forms_a_cluster_from_a_statefulsets_environment() {
     assert_eq!(master.addr, format!("127.0.0.1:{bridge_port}"));
     let finished =
         deploy_to(&master.addr, "cluster_scenarios", &[], &["spread", "12"]).env("CONSTELLATION_COOKIE", cookie).run();
-    assert_eq!(finished.code, Some(0), "{}\n{}", finished.stderr_text(), master.log());
+    assert_eq!(finished.code, Some(0), "{}\n{}\n{}", finished.stderr_text(), finished.account(), master.log());
     assert_eq!(finished.line("ips:"), "ips: 127.0.0.1,127.0.0.2,127.0.0.3");
     finished.assert_nothing_left();
     drop((master, nodes));

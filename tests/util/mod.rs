@@ -361,6 +361,20 @@ impl Finished {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
 
+    /// Each process's exit status and what it wrote to stderr, for failure
+    /// messages of jobs run in the JSON format (where a panic's message is an
+    /// output event, not the job's stderr).
+    pub fn account(&self) -> String {
+        let mut exits: Vec<(String, Value)> = self.exits().into_iter().collect();
+        exits.sort_by(|a, b| a.0.cmp(&b.0));
+        exits
+            .into_iter()
+            .map(|(pid, status)| {
+                format!("{pid} {status}: {}\n", String::from_utf8_lossy(&self.output(&pid, 2)).trim_end())
+            })
+            .collect()
+    }
+
     /// The top process's tag, named by the first event.
     pub fn top(&self) -> String {
         let first = self.events.first().expect("no events");
