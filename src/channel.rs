@@ -283,12 +283,15 @@ impl<T: Serialize> Sender<T> {
     }
 
     /// Appends a value to the channel's lane unless its buffer is full (then
-    /// returns `false`).
+    /// returns `false`). Always inlined: it is the fast path of
+    /// [`Send::block`], and a call would cost a stack frame and a result in
+    /// memory per value.
+    #[inline(always)]
     fn append_to_lane(pid: Pid, lane: &Lane, value: &T) -> Result<bool, codec::CodecError> {
         match lane.try_append(|buf| codec::append_frame(buf, FRAME_DATA, value))? {
             Appended::Queued { newly_dirty: false, reply: false } => Ok(true),
             Appended::Queued { newly_dirty, reply } => {
-                runtime::with_net(|net| net.appended(pid, newly_dirty, reply));
+                tell_net_appended(pid, newly_dirty, reply);
                 Ok(true)
             }
             Appended::Full => Ok(false),
@@ -365,6 +368,7 @@ impl<T: Serialize> Send<'_, T> {
     ///
     /// # Panics
     /// If the value cannot be serialised.
+    #[inline(always)]
     pub fn block(mut self) {
         if let (Route::Channel(pid, lane), Some(value)) = (&self.sender.route, &self.value) {
             if codec::large_byte_vec(value).is_none() && matches!(Sender::append_to_lane(*pid, lane, value), Ok(true)) {
@@ -372,8 +376,22 @@ impl<T: Serialize> Send<'_, T> {
                 return;
             }
         }
+        self.block_slow()
+    }
+
+    /// [`Send::block`] when the value did not go straight into the lane.
+    #[inline(never)]
+    fn block_slow(self) {
         crate::Block::block(self)
     }
+}
+
+/// Tells `Net` that a value was queued on `pid`'s lane: rare in a stream (the
+/// lane becomes dirty once per write), so kept out of the inlined fast path.
+#[cold]
+#[inline(never)]
+fn tell_net_appended(pid: Pid, newly_dirty: bool, reply: bool) {
+    runtime::with_net(|net| net.appended(pid, newly_dirty, reply));
 }
 
 impl<T: Serialize> Future for Send<'_, T> {
@@ -587,6 +605,18 @@ impl<T: DeserializeOwned> Receiver<T> {
         }
     }
 
+    /// The next value among the frames taken, if the next frame holds one that
+    /// decodes: the fast path of [`Recv::block`]. It carries back no error
+    /// (a `Result<T, RecvError>` is large, and was copied through the stack
+    /// per value); anything but a value is left to [`Receiver::next_taken`].
+    #[inline(always)]
+    fn next_value(taken: &mut Taken) -> Option<T> {
+        if taken.mismatched {
+            return None;
+        }
+        taken.frames.take_if(FRAME_DATA, |payload| codec::decode(payload).ok())
+    }
+
     /// The next value (or end) among the frames taken, if there is one.
     /// Always inlined: its result, returned through memory, cost a
     /// store-forwarding stall per value (`#[inline]` alone left it a call).
@@ -721,10 +751,18 @@ impl<T: DeserializeOwned> Recv<'_, T> {
     /// Receives on this thread, sleeping until a value comes: what
     /// [`Block::block`](crate::Block::block) does, without its set-up when a value
     /// is already here (the common case of a stream of small values).
+    #[inline(always)]
     pub fn block(self) -> Result<T, RecvError> {
-        if let Some(result) = self.receiver.next_taken(&mut self.receiver.taken.lock()) {
-            return result;
+        let value = Receiver::next_value(&mut self.receiver.taken.lock());
+        match value {
+            Some(value) => Ok(value),
+            None => self.block_slow(),
         }
+    }
+
+    /// [`Recv::block`] when the next of the frames taken is not a value.
+    #[inline(never)]
+    fn block_slow(self) -> Result<T, RecvError> {
         crate::Block::block(self)
     }
 }

@@ -118,7 +118,8 @@ fn is_byte_vec<T: ?Sized>() -> bool {
 }
 
 /// Appends a frame of `kind` holding `value` to `buf`. On error `buf` is unchanged.
-#[inline]
+/// Always inlined: it runs once per value sent, in the sender's loop.
+#[inline(always)]
 pub(crate) fn append_frame<T: Serialize + ?Sized>(buf: &mut Vec<u8>, kind: u8, value: &T) -> Result<(), CodecError> {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0, 0, 0, kind]);
@@ -134,10 +135,15 @@ pub(crate) fn append_frame<T: Serialize + ?Sized>(buf: &mut Vec<u8>, kind: u8, v
     let len = buf.len() - start - 4;
     if len > MAX_FRAME {
         buf.truncate(start);
-        return Err(CodecError(format!("a value of {len} bytes is larger than the largest frame ({MAX_FRAME} bytes)")));
+        return Err(too_large(len));
     }
     buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
+}
+
+#[cold]
+fn too_large(len: usize) -> CodecError {
+    CodecError(format!("a value of {len} bytes is larger than the largest frame ({MAX_FRAME} bytes)"))
 }
 
 /// A `Vec<u8>` value of at least this many bytes is sent without being copied:

@@ -115,8 +115,9 @@ impl Lane {
     }
 
     /// The fast path of a send: appends the frames `append` writes unless the
-    /// buffer is full.
-    #[inline]
+    /// buffer is full. Always inlined into the sender's loop, like the rest of
+    /// the fast path of [`Send::block`](crate::channel::Send::block).
+    #[inline(always)]
     pub(crate) fn try_append(
         &self,
         append: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
@@ -131,24 +132,32 @@ impl Lane {
         let was_empty = state.out.queued() == 0;
         state.out.append(append)?;
         if state.out.queued() >= WRITE_INLINE.max(state.write_again_at) {
-            if let Some(fd) = state.socket {
-                // What cannot be written now stays queued for the I/O thread,
-                // which hears when the socket has room again (or has failed).
-                let _ = state.out.write_to(&mut sys::SocketWriter(fd));
-                // Under the lock: no other writer of the count can interleave.
-                let writes = self.inline_writes.load(Ordering::Relaxed);
-                self.inline_writes.store(writes.wrapping_add(1), Ordering::Relaxed);
-                // A full socket is tried again once as much more is queued, not
-                // for every value (each try would be a failed system call).
-                let left = state.out.queued();
-                state.write_again_at = if left > 0 { left + WRITE_INLINE } else { 0 };
-            }
+            self.write_inline(&mut state);
         }
         Ok(self.queued_one(state, was_empty))
     }
 
+    /// Writes what is queued to the socket from the sender's thread, if the
+    /// lane has its socket: once per [`WRITE_INLINE`] bytes of a stream, so
+    /// kept out of the inlined fast path.
+    #[cold]
+    #[inline(never)]
+    fn write_inline(&self, state: &mut LaneState) {
+        let Some(fd) = state.socket else { return };
+        // What cannot be written now stays queued for the I/O thread, which
+        // hears when the socket has room again (or has failed).
+        let _ = state.out.write_to(&mut sys::SocketWriter(fd));
+        // Under the lock: no other writer of the count can interleave.
+        let writes = self.inline_writes.load(Ordering::Relaxed);
+        self.inline_writes.store(writes.wrapping_add(1), Ordering::Relaxed);
+        // A full socket is tried again once as much more is queued, not for
+        // every value (each try would be a failed system call).
+        let left = state.out.queued();
+        state.write_again_at = if left > 0 { left + WRITE_INLINE } else { 0 };
+    }
+
     /// Marks the lane dirty after a value was queued, and says what `Net` must do.
-    #[inline]
+    #[inline(always)]
     fn queued_one(&self, mut state: MutexGuard<'_, LaneState>, was_empty: bool) -> Appended {
         let newly_dirty = !std::mem::replace(&mut state.dirty, true);
         drop(state);

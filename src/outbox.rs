@@ -43,7 +43,7 @@ impl Outbox {
 
     /// Appends frames through `append`, which writes them at the end of the buffer it
     /// is given and reports how it went; on error it must leave the buffer as it was.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn append<E>(&mut self, append: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
         if self.open.len() >= CHUNK {
             self.close_open();
