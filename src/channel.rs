@@ -596,7 +596,6 @@ impl<T: DeserializeOwned> Receiver<T> {
             if let Some(result) = self.next_taken(&mut taken) {
                 return Poll::Ready(result);
             }
-            taken.frames.tidy();
             match runtime::with_net(|net| self.refill(net, &mut taken, cx)) {
                 Refill::Taken => {}
                 Refill::Ready(result) => return Poll::Ready(result),
@@ -645,10 +644,15 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// a large value in place, reading the connection inline if nothing waits.
     fn refill(&self, net: &mut Net, taken: &mut Taken, cx: &mut Context<'_>) -> Refill<T> {
         let mut read = false;
-        net.peer(self.pid).mismatched = taken.mismatched;
+        let peer = net.peer(self.pid);
+        peer.mismatched = taken.mismatched;
+        // What is left of the buffer taken last (the start of a frame still
+        // arriving) goes back in front of what came since.
+        peer.inbox.unread(taken.frames.rest());
+        taken.frames.clear();
         loop {
             let peer = net.peer(self.pid);
-            if peer.inbox.move_frames(&mut taken.frames) {
+            if peer.inbox.lend(&mut taken.frames) {
                 peer.lane.received();
                 if peer.read_paused && peer.inbox.pending() < RECV_BOUND {
                     net.read_peer(self.pid);

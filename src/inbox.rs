@@ -2,6 +2,12 @@
 //! parsed in place, so a received value costs no allocation or copy before it is
 //! decoded. A large frame is read into a buffer of its own instead, which a
 //! received byte vector then is, never copied.
+//!
+//! A `Receiver` takes the bytes of its peer's inbox by swapping buffers with it
+//! ([`Inbox::lend`]), not by copying them, and parses the frames there; it gives
+//! back the start of a frame still arriving ([`Inbox::unread`]) before the
+//! inbox parses again. Until then the inbox is *headless*: its bytes continue
+//! a frame it does not hold, so it only reads.
 
 use crate::{
     codec::{self, CodecError},
@@ -12,10 +18,12 @@ use std::{io, ops::Range, os::fd::RawFd};
 /// Reads ask for at least this much room.
 const READ_CHUNK: usize = 16 * 1024;
 /// An emptied buffer up to this size is kept for reuse; larger ones are freed, so
-/// an idle connection holds little.
-const KEEP: usize = 16 * 1024;
-/// [`Inbox::move_frames`] moves at most this many bytes at once.
-const BATCH: usize = 16 * 1024;
+/// an idle connection holds little. A stream fills buffers a few reads deep
+/// before its `Receiver` takes them.
+const KEEP: usize = 64 * 1024;
+/// Room kept free in front of a buffer that starts empty, so that giving back
+/// the start of a frame (see [`Inbox::unread`]) costs no copy of what follows.
+const HEADROOM: usize = 256;
 
 /// Received bytes: complete frames, then possibly the start of the next one.
 #[derive(Debug, Default)]
@@ -25,6 +33,9 @@ pub(crate) struct Inbox {
     pos: usize,
     /// A large frame ahead of everything in `buf`, read into its own buffer.
     large: Option<Large>,
+    /// `buf` continues a frame whose start a `Receiver` holds (see the module
+    /// doc): nothing is parsed until [`Inbox::unread`] puts it back.
+    headless: bool,
 }
 
 /// A frame whose payload is at least [`codec::OWNED_BYTES`] long: its kind, the
@@ -62,6 +73,9 @@ impl Inbox {
     /// incomplete, and its payload's first eight bytes are here: what follows of
     /// it is read straight there.
     fn start_large(&mut self) {
+        if self.headless {
+            return;
+        }
         let pending = &self.buf[self.pos..];
         let Some(len) = codec::frame_len(pending) else { return };
         let payload = len - codec::HEADER;
@@ -100,11 +114,12 @@ impl Inbox {
         }
         let pending = &self.buf[self.pos..];
         let want = codec::frame_len(pending)
+            .filter(|_| !self.headless)
             .map_or(READ_CHUNK, |n| n.saturating_sub(pending.len()))
             .clamp(READ_CHUNK, codec::MAX_FRAME);
-        if self.pos > 0 && self.buf.capacity() - self.buf.len() < want {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        if self.pos > HEADROOM && self.buf.capacity() - self.buf.len() < want {
+            self.buf.drain(HEADROOM..self.pos);
+            self.pos = HEADROOM;
         }
         let n = sys::read_spare(fd, &mut self.buf, want)?;
         self.start_large();
@@ -115,7 +130,7 @@ impl Inbox {
     /// for [`Inbox::bytes`] until the next read).
     #[inline]
     pub(crate) fn next(&mut self) -> Result<Option<(u8, Range<usize>)>, CodecError> {
-        if self.large.is_some() {
+        if self.large.is_some() || self.headless {
             return Ok(None);
         }
         let Some(frame) = codec::next_frame(&self.buf[self.pos..])? else {
@@ -161,8 +176,12 @@ impl Inbox {
         &self.buf[range]
     }
 
-    /// Whether a complete frame is waiting.
+    /// Whether a complete frame is waiting (headless: whether anything is,
+    /// which is as much as it can tell).
     pub(crate) fn has_frame(&self) -> bool {
+        if self.headless {
+            return self.pending() > 0;
+        }
         match &self.large {
             Some(large) => large.missing() == 0,
             None => matches!(codec::next_frame(&self.buf[self.pos..]), Ok(Some(_)) | Err(_)),
@@ -172,6 +191,9 @@ impl Inbox {
     /// Whether any value (a `DATA` frame, of kind `data`) waits to be taken; other
     /// frames only mark a `Sender` opened or dropped.
     pub(crate) fn holds_values(&self, data: u8) -> bool {
+        if self.headless {
+            return self.pending() > 0;
+        }
         if self.large.as_ref().is_some_and(|large| large.kind == data) {
             return true;
         }
@@ -185,37 +207,48 @@ impl Inbox {
         false
     }
 
-    /// Moves the complete frames at the front to the end of `into`, as long as
-    /// they fit in [`BATCH`] bytes together (a larger frame stays, to be parsed in
-    /// place). Returns whether any moved.
+    /// Hands everything received to `into` (a `Receiver`'s own inbox, holding
+    /// nothing) by swapping buffers, if a complete frame is at the front: no
+    /// copy, and no walk over the frames. The inbox is then headless until
+    /// `into`'s rest comes back through [`Inbox::unread`]. Returns whether it
+    /// handed anything.
     ///
-    /// A `Receiver` takes small values this way, many per lock of the connection
-    /// state, and parses them from its own buffer.
-    pub(crate) fn move_frames(&mut self, into: &mut Inbox) -> bool {
-        if self.large.is_some() {
+    /// A `Receiver` takes small values this way, many per lock of the
+    /// connection state, and parses them from its own buffer.
+    pub(crate) fn lend(&mut self, into: &mut Inbox) -> bool {
+        debug_assert!(into.pending() == 0 && into.large.is_none());
+        if self.headless || self.large.is_some() || !self.has_frame() {
             return false;
         }
-        let start = self.pos;
-        let mut end = start;
-        while let Ok(Some(frame)) = codec::next_frame(&self.buf[end..]) {
-            if end - start + frame.len > BATCH {
-                break;
-            }
-            end += frame.len;
-        }
-        if end == start {
-            return false;
-        }
-        into.buf.extend_from_slice(&self.buf[start..end]);
-        self.pos = end;
-        self.tidy();
+        std::mem::swap(&mut self.buf, &mut into.buf);
+        into.pos = self.pos;
+        self.reset();
+        self.headless = true;
         true
     }
 
-    /// Puts `bytes` back in front of what is pending: what a `Receiver` took and
-    /// did not receive before it was dropped.
+    /// Empties the buffer, keeping [`HEADROOM`] in front (and the buffer, if it
+    /// is small enough to keep).
+    fn reset(&mut self) {
+        if self.buf.capacity() > KEEP {
+            self.buf = Vec::new();
+        }
+        self.buf.clear();
+        self.buf.resize(HEADROOM, 0);
+        self.pos = HEADROOM;
+    }
+
+    /// Puts `bytes` back in front of what is pending: what a `Receiver` took
+    /// and did not receive (the start of a frame still arriving, or everything
+    /// left when it is dropped). Ends the inbox's headless state.
     pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        self.headless = false;
         if bytes.is_empty() {
+            return;
+        }
+        if bytes.len() <= self.pos && self.large.is_none() {
+            self.pos -= bytes.len();
+            self.buf[self.pos..self.pos + bytes.len()].copy_from_slice(bytes);
             return;
         }
         let mut buf = Vec::with_capacity(bytes.len() + self.pending() + codec::HEADER);
@@ -240,14 +273,19 @@ impl Inbox {
 
     /// Releases the space of frames already taken, once everything is taken.
     pub(crate) fn tidy(&mut self) {
-        if self.pos == self.buf.len() {
-            self.pos = 0;
-            if self.buf.capacity() > KEEP {
-                self.buf = Vec::new();
-            } else {
-                self.buf.clear();
-            }
+        if self.pos == self.buf.len() && self.pos != HEADROOM {
+            self.reset();
         }
+    }
+
+    /// Drops everything pending (what [`Inbox::lend`] handed, once its rest
+    /// went back).
+    pub(crate) fn clear(&mut self) {
+        if self.buf.capacity() > KEEP {
+            self.buf = Vec::new();
+        }
+        self.buf.clear();
+        self.pos = 0;
     }
 }
 
@@ -278,6 +316,54 @@ mod tests {
         }
         assert_eq!(seen, 100);
         assert_eq!(inbox.pending(), 0);
+    }
+
+    #[test]
+    fn frames_lent_to_a_receiver_and_given_back_in_part_arrive_whole_and_in_order() {
+        // Small and large frames, written in pieces of odd sizes, read into an
+        // inbox that lends what it has to a receiver's inbox, which parses it
+        // and gives back the start of a frame still arriving: the way
+        // `Receiver::refill` uses them, with reads coming while it is lent.
+        let (read, write) = std::os::unix::net::UnixStream::pair().unwrap();
+        read.set_nonblocking(true).unwrap();
+        let sizes: Vec<usize> = (0..400).map(|i| if i % 37 == 5 { 70_000 + i } else { i * 7 % 300 }).collect();
+        let mut wire = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            codec::append_frame(&mut wire, 2, &vec![i as u8; size]).unwrap();
+        }
+        let writer = std::thread::spawn(move || {
+            for piece in wire.chunks(4_999) {
+                std::io::Write::write_all(&mut &write, piece).unwrap();
+            }
+        });
+        let (mut inbox, mut taken) = (Inbox::default(), Inbox::default());
+        let mut received = Vec::new();
+        while received.len() < sizes.len() {
+            let _ = inbox.read_from(read.as_raw_fd());
+            inbox.unread(taken.rest());
+            taken.clear();
+            if inbox.lend(&mut taken) {
+                let _ = inbox.read_from(read.as_raw_fd());
+                // What was read continues a frame the inbox does not hold: it
+                // must not be taken for a frame's start.
+                assert!(
+                    inbox.large.is_none() && inbox.buf.capacity() <= 2 * KEEP,
+                    "a lent inbox parsed the middle of a frame as its start"
+                );
+                while let Some((_, payload)) = taken.next().unwrap() {
+                    received.push(codec::decode::<Vec<u8>>(taken.bytes(payload)).unwrap());
+                }
+            } else if let Some(next) = inbox.next_any().unwrap() {
+                received.push(match next {
+                    Next::Large(large) => codec::decode_split(large.head, large.body).unwrap(),
+                    Next::InPlace(_, payload) => codec::decode(inbox.bytes(payload)).unwrap(),
+                });
+            }
+        }
+        writer.join().unwrap();
+        for (i, (value, &size)) in received.iter().zip(&sizes).enumerate() {
+            assert!(value.len() == size && value.iter().all(|&b| b == i as u8), "value {i} is wrong");
+        }
     }
 
     #[test]
