@@ -185,7 +185,8 @@ pub(crate) fn run(setup: Setup) -> ! {
         }
         if ready[3] != 0 {
             if let Ok(0) | Err(_) = sys::read_spare(bridge.as_raw_fd(), &mut commands, 4096) {
-                bridge_lost(child, &cgroup);
+                // Without a bridge nobody can see the process: nothing outlives its job.
+                end_unreported(child, &cgroup);
             }
             heard = Instant::now();
             let mut pos = 0;
@@ -230,10 +231,16 @@ pub(crate) fn run(setup: Setup) -> ! {
         }
         if ready[5] != 0 {
             if let Some(held) = &mut lease {
-                if !held.read() && ended.is_none() {
-                    // The node daemon is gone: nothing renews the lease any more.
-                    imposed = Some(ExitStatus::Lost);
-                    let _ = sys::kill(child, libc::SIGKILL);
+                if !held.read() {
+                    if ended.is_none() {
+                        // The node daemon is gone. A monitor forked by the daemon
+                        // died with it; one forked by the job's zygote outlives it
+                        // for as long as the zygote takes to die. Either way the
+                        // process ends unreported: the master declares it lost once
+                        // the lease has run out, and not before may a supervisor
+                        // start its replacement (see the guide's guarantees).
+                        end_unreported(child, &cgroup);
+                    }
                     lease = None;
                 }
             }
@@ -330,14 +337,110 @@ fn exit_status(status: WaitStatus, panic: Option<String>, cgroup: &str, resource
 fn send(bridge: &mut UnixStream, report: &Report, child: OsPid, cgroup: &str) {
     let mut frame = Vec::new();
     if codec::append_frame(&mut frame, KIND_MESSAGE, report).is_err() || bridge.write_all(&frame).is_err() {
-        bridge_lost(child, cgroup);
+        end_unreported(child, cgroup);
     }
 }
 
-/// Without a bridge nobody can see the process: end it, so nothing outlives its job.
-fn bridge_lost(child: OsPid, cgroup: &str) -> ! {
+/// Ends the process, and this monitor with it, without a report: when there is
+/// no bridge to report to, or its node's daemon is gone.
+fn end_unreported(child: OsPid, cgroup: &str) -> ! {
     let _ = sys::kill(child, libc::SIGKILL);
     let _ = sys::waitpid(child, true);
     sys::remove_cgroups(cgroup);
     sys::exit_now(1)
+}
+
+#[cfg(test)]
+mod tests {
+    //! A monitor runs in a process of its own: this test binary, run again with
+    //! only [`monitor_of_a_sleeping_child`] (ignored otherwise), given the fds
+    //! of its lease pipe and bridge socket.
+
+    use super::*;
+    use std::{
+        io::{BufRead, BufReader, Read},
+        os::{fd::FromRawFd, unix::process::CommandExt},
+        process::{Command, Stdio},
+    };
+
+    /// Where [`monitor_of_a_sleeping_child`] finds its fds: `LEASE,BRIDGE`.
+    const FDS: &str = "CONSTELLATION_TEST_MONITOR_FDS";
+
+    #[test]
+    #[ignore = "the monitor the tests below run, in a process of its own"]
+    fn monitor_of_a_sleeping_child() {
+        let Some(fds) = std::env::var(FDS).ok() else { return };
+        let (lease, bridge) = fds.split_once(',').expect("LEASE,BRIDGE");
+        let (lease, bridge): (i32, i32) = (lease.parse().unwrap(), bridge.parse().unwrap());
+        // Reaped by the monitor, which never returns.
+        #[allow(clippy::zombie_processes)]
+        let mut child = Command::new("sleep").arg("60").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let (panic, _panic_write) = sys::pipe().unwrap();
+        println!("child {}", child.id());
+        std::io::stdout().flush().unwrap();
+        run(Setup {
+            child: OsPid(child.id() as i32),
+            // SAFETY: the test that started this process passed these fds to it
+            // alone.
+            bridge: unsafe { UnixStream::from_raw_fd(bridge) },
+            // SAFETY: as above.
+            lease: Some(unsafe { OwnedFd::from_raw_fd(lease) }),
+            stdin: None,
+            stdout: child.stdout.take().unwrap().into(),
+            stderr: child.stderr.take().unwrap().into(),
+            panic,
+            resources: Resources::default(),
+            cgroup: format!("constellation-monitor-test-{}", std::process::id()),
+            recycle_cgroup: false,
+            heartbeats: None,
+        })
+    }
+
+    #[test]
+    fn a_monitor_whose_node_daemon_is_gone_kills_its_process_and_reports_nothing() {
+        // This test is the node daemon: it holds the lease pipe's write end.
+        let (lease_read, lease_write) = sys::pipe().unwrap();
+        let (mut bridge, bridge_there) = UnixStream::pair().unwrap();
+        let fds = (lease_read.as_raw_fd(), bridge_there.as_raw_fd());
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["--exact", "monitor::tests::monitor_of_a_sleeping_child", "--ignored", "--nocapture"])
+            .env(FDS, format!("{},{}", fds.0, fds.1))
+            .stdout(Stdio::piped());
+        // SAFETY: clearing close-on-exec is async-signal-safe.
+        unsafe { command.pre_exec(move || sys::clear_cloexec(fds.0).and_then(|()| sys::clear_cloexec(fds.1))) };
+        let mut monitor = command.spawn().unwrap();
+        drop((lease_read, bridge_there));
+        let line = BufReader::new(monitor.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.starts_with("child "))
+            .expect("the monitor's process says its child's pid");
+        let child: i32 = line["child ".len()..].parse().unwrap();
+        let deadline = sys::monotonic_ns() + 60_000_000_000;
+        sys::write(lease_write.as_raw_fd(), &deadline.to_le_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // The daemon is gone.
+        drop(lease_write);
+
+        bridge.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut said = Vec::new();
+        bridge.read_to_end(&mut said).expect("the monitor ends within 10 s");
+        let mut reports = Vec::new();
+        let mut rest = &said[..];
+        while let Ok(Some(frame)) = codec::next_frame(rest) {
+            reports.push(codec::decode::<Report>(&rest[frame.payload.clone()]).unwrap());
+            rest = &rest[frame.len..];
+        }
+        assert!(
+            !reports.iter().any(|report| matches!(report, Report::Exited { .. })),
+            "the process was reported before the master declared it lost: {reports:?}"
+        );
+        assert!(monitor.wait().is_ok());
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            sys::kill(OsPid(child), 0).is_err()
+        });
+        assert!(gone, "the monitor's process {child} outlived it");
+    }
 }

@@ -259,7 +259,11 @@ fn a_killed_node_loses_its_worker_at_once_the_supervisor_restarts_it_elsewhere_a
     let second = wait_for_workers(&running, 2, Duration::from_secs(20), &cluster)[1].clone();
     let restarted_after = killed_at.elapsed();
     assert_ne!(second.0, first.0, "restarted on the lost node");
-    assert!(restarted_after >= Duration::from_secs(2), "restarted after {restarted_after:?}, before the lease ran out");
+    assert!(
+        restarted_after >= Duration::from_secs(2),
+        "restarted after {restarted_after:?}, before the lease ran out\n{}",
+        cluster.logs()
+    );
     running.signal(libc::SIGINT, false);
     let finished = running.finish();
     let lost = finished.exits().values().filter(|status| status["lost"] == true).count();
