@@ -113,6 +113,10 @@ struct Proc {
 struct Bridge {
     poll: Poll,
     conns: Slab<Conn>,
+    /// The connections being read, innermost last: a process's end reads its
+    /// connections first (see [`Bridge::read_before_end`]), never one already
+    /// being read further up.
+    reading: Vec<usize>,
     procs: HashMap<Pid, Proc>,
     by_os_pid: HashMap<i32, Pid>,
     live: usize,
@@ -197,6 +201,7 @@ impl Bridge {
         Ok(Bridge {
             poll,
             conns: Slab::new(),
+            reading: Vec::new(),
             procs: HashMap::new(),
             by_os_pid: HashMap::new(),
             live: 0,
@@ -415,6 +420,34 @@ impl Bridge {
     }
 
     fn read(&mut self, key: usize) {
+        if self.reading.contains(&key) {
+            return;
+        }
+        self.reading.push(key);
+        self.read_frames(key);
+        self.reading.pop();
+    }
+
+    /// Reads what process `pid` sent before it ended, so that its last requests
+    /// (mail above all) are handled before its end is: its control connection,
+    /// and on a cluster the connections not yet accepted or not yet greeted,
+    /// one of which may be its. (A short-lived remote process's connections can
+    /// all be waiting at once, its monitor's report of its end among them.)
+    fn read_before_end(&mut self, pid: Pid) {
+        if self.remote.is_some() {
+            self.accept_processes();
+            let greeting: Vec<usize> =
+                self.conns.iter().filter(|(_, conn)| conn.role == Role::Greeting).map(|(key, _)| key).collect();
+            for key in greeting {
+                self.read(key);
+            }
+        }
+        if let Some(key) = self.procs.get(&pid).and_then(|process| process.control) {
+            self.read(key);
+        }
+    }
+
+    fn read_frames(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -672,6 +705,10 @@ impl Bridge {
     /// Process `pid` has ended: show it, free what it reserved and its names, end
     /// the processes bound to it, and announce its end once they have ended.
     fn on_exit(&mut self, pid: Pid, status: ExitStatus) {
+        if !self.alive(pid) {
+            return;
+        }
+        self.read_before_end(pid);
         let Some(process) = self.procs.get_mut(&pid) else { return };
         if process.status.is_some() {
             return;

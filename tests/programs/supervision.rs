@@ -35,23 +35,28 @@ fn event(text: String) {
     Sender::<String>::to_registered("top", "events").send(text).block();
 }
 
-/// Waits until child `name` has started its first life.
+/// Waits until child `name` has told of its first life (its event is sent:
+/// one that is killed from then on has been heard of all the same).
 fn wait_for_life(name: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !run_dir().join(format!("{name}.1")).exists() {
-        assert!(std::time::Instant::now() < deadline, "{name} never started");
+    while !run_dir().join(format!("{name}.1.told")).exists() {
+        assert!(std::time::Instant::now() < deadline, "{name} never told of its first life");
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 /// A child that announces itself, crashes on its first life if `crash_first`
-/// (once the last child, "c", has started, so the strategies' effects show on
-/// every sibling), exits with `code` if given, and otherwise waits to be stopped.
+/// ("b" once its siblings "a" and "c" have told of their lives, so the
+/// strategies' effects show on every sibling), exits with `code` if given, and otherwise waits to be stopped.
 fn worker(name: String, crash_first: bool, code: Option<i32>) {
     let life = incarnation(&name);
     event(format!("{name} {life}"));
+    std::fs::write(run_dir().join(format!("{name}.{life}.told")), b"").expect("marking the event told");
     if crash_first && life == 1 {
         if name == "b" {
+            // Its siblings' first lives are all heard of before the crash ends
+            // them (a child killed between its start and its event would not be).
+            wait_for_life("a");
             wait_for_life("c");
         }
         panic!("{name} crashed");
