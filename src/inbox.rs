@@ -230,10 +230,7 @@ impl Inbox {
     /// Empties the buffer, keeping [`HEADROOM`] in front (and the buffer, if it
     /// is small enough to keep).
     fn reset(&mut self) {
-        if self.buf.capacity() > KEEP {
-            self.buf = Vec::new();
-        }
-        self.buf.clear();
+        self.clear();
         self.buf.resize(HEADROOM, 0);
         self.pos = HEADROOM;
     }
@@ -273,13 +270,14 @@ impl Inbox {
 
     /// Releases the space of frames already taken, once everything is taken.
     pub(crate) fn tidy(&mut self) {
+        // At `HEADROOM` with nothing after it, it is as `reset` leaves it.
         if self.pos == self.buf.len() && self.pos != HEADROOM {
             self.reset();
         }
     }
 
     /// Drops everything pending (what [`Inbox::lend`] handed, once its rest
-    /// went back).
+    /// went back), keeping the buffer if it is small enough to keep.
     pub(crate) fn clear(&mut self) {
         if self.buf.capacity() > KEEP {
             self.buf = Vec::new();

@@ -419,7 +419,6 @@ mod tests {
         let child: i32 = line["child ".len()..].parse().unwrap();
         let deadline = sys::monotonic_ns() + 60_000_000_000;
         sys::write(lease_write.as_raw_fd(), &deadline.to_le_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
         // The daemon is gone.
         drop(lease_write);
 
